@@ -1,0 +1,305 @@
+"""Diffusion processes with closed-form marginals ``q(x_t | x_0) = N(alpha(t) x_0, sigma(t)² I)``.
+
+Every process is an additive-noise :class:`~sdekit.sde.SDE` ``dx = f(t) x dt + g(t) dW`` with
+``f = d log alpha/dt`` and ``g² = d sigma²/dt - 2 f sigma²`` (Song et al. 2021, "Score-Based Generative
+Modeling through SDEs", eqs. 11 and 29). Conventions (``shared/CONVENTIONS.md``): ``t`` runs from data
+(0) to noise (``t_max``); the half log-SNR ``lambda(t) = log alpha - log sigma`` is strictly decreasing.
+
+- :class:`VP`: ``alpha² + sigma² = 1``; linear, cosine or discrete (DDPM) schedule.
+- :class:`SubVP`: ``alpha`` as VP, ``sigma = 1 - alpha²``.
+- :class:`VE`: ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
+- :class:`EDM`: ``alpha = 1``, ``sigma(t) = t`` (Karras et al. 2022).
+
+Time arguments may be Python numbers (computed in float64), 0-d tensors or per-sample ``(B,)`` tensors;
+results keep the tensor's dtype. Times outside ``[t_domain_min, t_max]`` raise a ValueError (checked
+for CPU tensors and numbers; CUDA times are not checked so that sampling never synchronises).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._utils import as_time, bcast, check_positive
+from .schedules import BetaSchedule, DiscreteSchedule, get_schedule
+from .sde import SDE
+
+
+class DiffusionProcess(SDE):
+    """Base class: subclasses define ``log_alpha``, ``log_sigma``, ``f``, ``g2`` and ``t_from_log_snr``."""
+
+    noise_type = "additive"
+    brownian_size = None
+    t_min: float  # default end of sampling (sigma > 0 there)
+    t_max: float  # noise end; the prior lives here
+    t_domain_min: float = 0.0  # smallest valid time
+
+    def __init__(self):  # noqa: D401 - the process is its own drift/diffusion
+        self._drift = None
+        self._diffusion = None
+        self._diffusion_jvp = None
+
+    # --- argument checks ----------------------------------------------------------------------------
+    def _t(self, t, name: str = "t") -> torch.Tensor:
+        t = as_time(t)
+        if t.device.type == "cpu":
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN/Inf")
+            lo, hi = self.t_domain_min, self.t_max
+            slack = 1e-9 * max(1.0, abs(hi))
+            if bool((t < lo - slack).any()) or bool((t > hi + slack).any()):
+                bad = t[(t < lo - slack) | (t > hi + slack)].flatten()[0].item()
+                raise ValueError(f"{name}={bad:g} is outside the time domain [{lo:g}, {hi:g}] of {self!r}")
+        return t
+
+    # --- schedule ----------------------------------------------------------------------------------
+    def log_alpha(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_sigma(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t) -> torch.Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def log_snr(self, t) -> torch.Tensor:
+        """Half log signal-to-noise ratio ``lambda(t) = log alpha(t) - log sigma(t)`` (DPM-Solver's lambda)."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def t_from_log_snr(self, log_snr) -> torch.Tensor:
+        raise NotImplementedError
+
+    def f(self, t) -> torch.Tensor:
+        """Drift coefficient ``f(t) = d log alpha/dt`` (the drift is ``f(t) x``)."""
+        raise NotImplementedError
+
+    def g2(self, t) -> torch.Tensor:
+        """Squared diffusion ``g(t)² = d sigma²/dt - 2 f(t) sigma(t)²``."""
+        raise NotImplementedError
+
+    def g(self, t) -> torch.Tensor:
+        return torch.sqrt(self.g2(t))
+
+    # --- the SDE interface ---------------------------------------------------------------------------
+    def drift(self, t, x: torch.Tensor) -> torch.Tensor:
+        return bcast(self.f(t), x) * x
+
+    def diffusion(self, t, x: torch.Tensor | None = None) -> torch.Tensor:
+        g = self.g(t)
+        return bcast(g, x) if x is not None else g
+
+    # --- marginals and prior -------------------------------------------------------------------------
+    def marginal_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """``x_t = alpha(t) x0 + sigma(t) noise`` (``noise`` standard normal of ``x0``'s shape)."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+        t = self._t(t)
+        return bcast(self.alpha(t), x0) * x0 + bcast(self.sigma(t), x0) * noise
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior ``N(0, prior_std² I)`` used at ``t_max``."""
+        raise NotImplementedError
+
+    def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * z
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample log-density of ``x`` under the prior ``N(0, prior_std² I)`` (sum over non-batch dims)."""
+        d = x[0].numel()
+        s = self.prior_std
+        sq = (x.reshape(x.shape[0], -1) ** 2).sum(-1)
+        return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
+
+    def t_from_index(self, i):
+        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for VP.from_betas/from_alphas_cumprod")
+
+    def index_from_t(self, t):
+        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for VP.from_betas/from_alphas_cumprod")
+
+
+class VP(DiffusionProcess):
+    """Variance-preserving process (DDPM; Song et al. 2021): ``alpha² + sigma² = 1``.
+
+    Args:
+        schedule: ``"linear"`` (``beta_min``, ``beta_max``; score_sde defaults 0.1 and 20), ``"cosine"``
+            (``s``, ``t_max``), or a :class:`~sdekit.schedules.BetaSchedule`. Use :meth:`from_betas` /
+            :meth:`from_alphas_cumprod` for a discrete DDPM schedule.
+        t_min: default end of sampling (1e-3 as in DPM-Solver for continuous schedules).
+    """
+
+    def __init__(self, schedule="linear", **schedule_kwargs):
+        super().__init__()
+        self.schedule: BetaSchedule = get_schedule(schedule, **schedule_kwargs)
+        self.t_min, self.t_max = self.schedule.t_min, self.schedule.t_max
+
+    @classmethod
+    def from_betas(cls, betas) -> VP:
+        """VP process of a discrete DDPM schedule ``beta_0..beta_{N-1}`` (continuous via DPM-Solver's map)."""
+        return cls(DiscreteSchedule.from_betas(betas))
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod) -> VP:
+        return cls(DiscreteSchedule(alphas_cumprod))
+
+    @property
+    def is_discrete(self) -> bool:
+        return isinstance(self.schedule, DiscreteSchedule)
+
+    def t_from_index(self, i):
+        if not self.is_discrete:
+            return super().t_from_index(i)
+        return self.schedule.t_from_index(i)
+
+    def index_from_t(self, t):
+        if not self.is_discrete:
+            return super().index_from_t(t)
+        return self.schedule.index_from_t(self._t(t))
+
+    def log_alpha(self, t):
+        return self.schedule.log_alpha(self._t(t))
+
+    def log_sigma(self, t):
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
+
+    def log_snr(self, t):
+        la = self.log_alpha(t)
+        return la - 0.5 * torch.log(-torch.expm1(2 * la))
+
+    def t_from_log_snr(self, log_snr):
+        lam = as_time(log_snr)
+        # alpha² = sigmoid(2 lambda)  =>  log alpha = -½ softplus(-2 lambda)
+        return self.schedule.t_from_log_alpha(-0.5 * F.softplus(-2 * lam))
+
+    def f(self, t):
+        return self.schedule.dlog_alpha(self._t(t))
+
+    def g2(self, t):
+        return -2 * self.f(t)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def __repr__(self):
+        return f"VP({self.schedule!r})"
+
+
+class SubVP(VP):
+    """Sub-VP process (Song et al. 2021): ``alpha`` as VP, ``sigma(t) = 1 - alpha(t)²``.
+
+    ``g² = beta (1 - alpha⁴)``: the diffusion of score_sde's sub-VP SDE.
+    """
+
+    def log_sigma(self, t):
+        return torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def sigma(self, t):
+        return -torch.expm1(2 * self.log_alpha(t))
+
+    def log_snr(self, t):
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def t_from_log_snr(self, log_snr):
+        # alpha / (1 - alpha²) = e^lambda  =>  e^lambda alpha² + alpha - e^lambda = 0
+        #   alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))   (the positive root, cancellation-free)
+        lam = as_time(log_snr)
+        u = torch.exp(lam)
+        alpha = 2 * u / (1 + torch.sqrt(1 + 4 * u * u))
+        return self.schedule.t_from_log_alpha(torch.log(alpha))
+
+    def g2(self, t):
+        f = self.f(t)
+        return -2 * f * (-torch.expm1(4 * self.log_alpha(t)))
+
+    def __repr__(self):
+        return f"SubVP({self.schedule!r})"
+
+
+class VE(DiffusionProcess):
+    """Variance-exploding process (Song & Ermon 2019; Song et al. 2021): ``alpha = 1``,
+    ``sigma(t) = sigma_min (sigma_max/sigma_min)^t`` on ``[0, 1]``, ``g² = 2 sigma² log(sigma_max/sigma_min)``.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0):
+        super().__init__()
+        check_positive(sigma_min, "sigma_min")
+        check_positive(sigma_max, "sigma_max")
+        if not sigma_min < sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.t_min, self.t_max = float(t_min), 1.0
+
+    def log_alpha(self, t):
+        return torch.zeros_like(self._t(t))
+
+    def log_sigma(self, t):
+        return math.log(self.sigma_min) + self._t(t) * self._log_ratio
+
+    def t_from_log_snr(self, log_snr):
+        return (-as_time(log_snr) - math.log(self.sigma_min)) / self._log_ratio
+
+    def f(self, t):
+        return torch.zeros_like(self._t(t))
+
+    def g2(self, t):
+        return 2 * self._log_ratio * torch.exp(2 * self.log_sigma(t))
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def __repr__(self):
+        return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+class EDM(DiffusionProcess):
+    """The EDM process of Karras et al. (2022): ``alpha = 1``, ``sigma(t) = t``, ``g² = 2t``.
+
+    ``t`` (= sigma) lives in ``[0, sigma_max]``; sampling ends at ``sigma_min`` (default 0.002).
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+        super().__init__()
+        check_positive(sigma_min, "sigma_min")
+        check_positive(sigma_max, "sigma_max")
+        check_positive(sigma_data, "sigma_data")
+        if not sigma_min < sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
+        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
+        self.t_min, self.t_max = self.sigma_min, self.sigma_max
+
+    def log_alpha(self, t):
+        return torch.zeros_like(self._t(t))
+
+    def log_sigma(self, t):
+        return torch.log(self._t(t))
+
+    def sigma(self, t):
+        return self._t(t).clone()
+
+    def t_from_log_snr(self, log_snr):
+        return torch.exp(-as_time(log_snr))
+
+    def f(self, t):
+        return torch.zeros_like(self._t(t))
+
+    def g2(self, t):
+        return 2 * self._t(t)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def __repr__(self):
+        return f"EDM(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

@@ -1,0 +1,182 @@
+"""Noise schedules of variance-preserving processes, as ``log alpha(t)`` with its derivative and inverse.
+
+A VP process is fixed by ``log alpha(t)``: ``sigma² = 1 - alpha²``, ``f(t) = d log alpha / dt`` and
+``beta(t) = -2 f(t)``. Each schedule here gives ``log_alpha``, ``dlog_alpha`` and ``t_from_log_alpha`` in
+closed form, in the dtype of ``t`` (pass float64 times for full precision).
+
+- :class:`LinearSchedule`: ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021, score_sde).
+- :class:`CosineSchedule`: ``alpha(t) = f(t)/f(0)``, ``f(t) = cos(pi/2 (t + s)/(1 + s))`` (Nichol &
+  Dhariwal 2021), clipped at ``t_max`` < 1 so the log-SNR stays finite.
+- :class:`DiscreteSchedule`: a DDPM schedule of ``N`` steps made continuous as in DPM-Solver (Lu et al.
+  2022): ``t_i = (i + 1)/N`` and ``log alpha`` piecewise linear in ``t`` through the knots
+  ``(0, 0), (1/N, ½ log ᾱ_0), …, (1, ½ log ᾱ_{N-1})``; ``index = N t - 1`` (fractional allowed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._utils import check_positive
+
+
+class BetaSchedule:
+    """Interface of a VP schedule: ``log_alpha``, its time derivative and its inverse."""
+
+    t_max: float = 1.0  # largest valid time
+    t_min: float = 1e-3  # default end of sampling
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dlog_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def t_from_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LinearSchedule(BetaSchedule):
+    """Linear ``beta(t)`` on ``[0, 1]``: ``log alpha(t) = -(beta_max - beta_min) t²/4 - beta_min t/2``."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        check_positive(beta_min, "beta_min", strict=False)
+        check_positive(beta_max, "beta_max")
+        if not beta_min < beta_max:
+            raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), 1.0
+
+    def log_alpha(self, t):
+        return -(self.beta_max - self.beta_min) * t**2 / 4 - self.beta_min * t / 2
+
+    def dlog_alpha(self, t):
+        return -(self.beta_min + t * (self.beta_max - self.beta_min)) / 2
+
+    def t_from_log_alpha(self, log_alpha):
+        # Root of a t² + b t - c = 0 with a = (b1-b0)/4, b = b0/2, c = -log alpha >= 0, in the form
+        # 2c / (b + sqrt(b² + 4ac)) that does not cancel for small c.
+        a, b = (self.beta_max - self.beta_min) / 4, self.beta_min / 2
+        c = -log_alpha
+        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+
+    def __repr__(self):
+        return f"LinearSchedule(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+
+class CosineSchedule(BetaSchedule):
+    """Cosine schedule of Nichol & Dhariwal (2021) with offset ``s``; ``t_max`` < 1 (DPM-Solver: 0.9946)."""
+
+    def __init__(self, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3):
+        check_positive(s, "s")
+        if not 0 < t_max < 1:
+            raise ValueError(f"t_max of the cosine schedule must lie in (0, 1), got {t_max}")
+        self.s, self.t_min, self.t_max = float(s), float(t_min), float(t_max)
+        self._log_f0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
+
+    def _angle(self, t):
+        return math.pi / 2 * (t + self.s) / (1 + self.s)
+
+    def log_alpha(self, t):
+        return torch.log(torch.cos(self._angle(t))) - self._log_f0
+
+    def dlog_alpha(self, t):
+        return -math.pi / (2 * (1 + self.s)) * torch.tan(self._angle(t))
+
+    def t_from_log_alpha(self, log_alpha):
+        return 2 * (1 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha + self._log_f0)) - self.s
+
+    def __repr__(self):
+        return f"CosineSchedule(s={self.s}, t_max={self.t_max})"
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation through increasing knots ``xp`` (linear extrapolation at the ends)."""
+    xp = xp.to(dtype=x.dtype, device=x.device)
+    fp = fp.to(dtype=x.dtype, device=x.device)
+    idx = torch.searchsorted(xp, x.detach().contiguous(), right=True).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    f0, f1 = fp[idx - 1], fp[idx]
+    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+
+
+def _slope(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    xp = xp.to(dtype=x.dtype, device=x.device)
+    fp = fp.to(dtype=x.dtype, device=x.device)
+    idx = torch.searchsorted(xp, x.detach().contiguous(), right=True).clamp(1, xp.numel() - 1)
+    return (fp[idx] - fp[idx - 1]) / (xp[idx] - xp[idx - 1])
+
+
+class DiscreteSchedule(BetaSchedule):
+    """A discrete DDPM schedule (``alphas_cumprod`` of length N) made continuous in ``t ∈ [0, 1]``.
+
+    ``t_from_index(i) = (i + 1)/N``; the knot ``t = 0`` (index -1) has ``alpha = 1``, ``sigma = 0``: the
+    target of a final denoising step. Between knots ``log alpha`` is linear in ``t``, so ``beta(t)`` is
+    piecewise constant.
+    """
+
+    def __init__(self, alphas_cumprod):
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
+        if ac.ndim != 1 or ac.numel() < 2:
+            raise ValueError(f"alphas_cumprod must be a 1-D sequence of length >= 2, got shape {tuple(ac.shape)}")
+        if not bool(torch.isfinite(ac).all()) or not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must lie in the open interval (0, 1)")
+        if not bool((ac[1:] < ac[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing")
+        self.alphas_cumprod = ac
+        self.num_steps = n = ac.numel()
+        self.knots_t = torch.arange(0, n + 1, dtype=torch.float64) / n
+        self.knots_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(ac)])
+        self.t_min, self.t_max = 1.0 / n, 1.0
+
+    @classmethod
+    def from_betas(cls, betas) -> DiscreteSchedule:
+        b = torch.as_tensor(betas, dtype=torch.float64)
+        if b.ndim != 1 or b.numel() < 2:
+            raise ValueError(f"betas must be a 1-D sequence of length >= 2, got shape {tuple(b.shape)}")
+        if not bool(((b > 0) & (b < 1)).all()):
+            raise ValueError("betas must lie in the open interval (0, 1)")
+        return cls(torch.cumprod(1 - b, 0))
+
+    @classmethod
+    def linear_ddpm(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        """The DDPM paper's schedule: betas linear from ``beta_start`` to ``beta_end`` over ``num_steps``."""
+        if not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+        return cls.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+
+    def log_alpha(self, t):
+        return _interp(t, self.knots_t, self.knots_log_alpha)
+
+    def dlog_alpha(self, t):
+        return _slope(t, self.knots_t, self.knots_log_alpha)
+
+    def t_from_log_alpha(self, log_alpha):
+        # log alpha is decreasing in t: interpolate t against the flipped (increasing) knots.
+        return _interp(log_alpha, self.knots_log_alpha.flip(0), self.knots_t.flip(0))
+
+    def t_from_index(self, i):
+        return (torch.as_tensor(i, dtype=torch.float64) + 1) / self.num_steps if not isinstance(
+            i, torch.Tensor
+        ) else (i.to(torch.float64) + 1) / self.num_steps
+
+    def index_from_t(self, t):
+        return t * self.num_steps - 1
+
+    def __repr__(self):
+        return f"DiscreteSchedule(N={self.num_steps})"
+
+
+def get_schedule(schedule, **kwargs) -> BetaSchedule:
+    if isinstance(schedule, BetaSchedule):
+        if kwargs:
+            raise TypeError(f"schedule options {sorted(kwargs)} given together with a schedule object")
+        return schedule
+    if schedule == "linear":
+        return LinearSchedule(**kwargs)
+    if schedule == "cosine":
+        return CosineSchedule(**kwargs)
+    raise ValueError(
+        f"unknown schedule {schedule!r}; allowed: 'linear', 'cosine', a BetaSchedule, or VP.from_betas(...)"
+    )

@@ -1,0 +1,29 @@
+"""Test-suite setup: hypothesis profiles and the Triton interpreter on machines without a GPU.
+
+Profiles: ``ci`` (derandomized, fixed example count, no deadline; chosen when CI=true), ``dev`` (the
+default elsewhere) and ``thorough`` (nightly). Pick one with HYPOTHESIS_PROFILE=name.
+"""
+
+import os
+
+# Triton kernels run on CPU tensors through the interpreter when no GPU is present. This must be set
+# before any kernel module imports triton.
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_default = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
