@@ -1,3 +1,17 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
+from . import analytic, schedules
+from .models import ScoreModel, convert
+from .processes import EDM, VE, VP, DiffusionProcess, SubVP
+from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
+from .sde import ODE, SDE, from_torchsde, to_torchsde
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "ODE", "from_torchsde", "to_torchsde",
+    "DiffusionProcess", "VP", "SubVP", "VE", "EDM",
+    "ScoreModel", "convert",
+    "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
+    "analytic", "schedules",
+]

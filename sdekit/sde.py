@@ -121,7 +121,7 @@ class SDE:
             dw_b = dw.reshape(dw.shape[0], *([1] * (x.ndim - 1)), dw.shape[1])
             return (g * dw_b).sum(-1)
         if self.noise_type == "scalar":
-            return bcast(g, x) * bcast(dw, x) if isinstance(g, torch.Tensor) else g * bcast(dw, x)
+            return (bcast(g, x) * bcast(dw, x)).expand_as(x)
         return (bcast(g, x) if isinstance(g, torch.Tensor) and g.ndim == 1 and x.ndim > 1 else g) * dw
 
     def diffusion_jvp(self, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,377 @@
+"""Exact ground truth: Gaussian mixtures under any diffusion process, closed-form SDEs, a float64 oracle.
+
+**Gaussian mixtures.** If ``x_0 ~ Σ_k w_k N(mu_k, S_k)`` and ``x_t = alpha x_0 + sigma eps``, then
+``x_t ~ Σ_k w_k N(alpha mu_k, alpha² S_k + sigma² I)`` exactly, so the noised density, its score and the
+posterior mean ``E[x_0 | x_t]`` are closed-form. Each component is handled in the eigenbasis of its
+covariance (``S_k = U diag(s) Uᵀ``; the noised covariance shares ``U``), in float64.
+
+**Closed-form SDEs** for convergence tests: :class:`OrnsteinUhlenbeck`, :class:`GeometricBrownianMotion`
+(exact pathwise solution) and :class:`LinearSDE` (exact mean and covariance by Van Loan's method).
+
+**Reference solver**: :func:`reference_solve` runs scipy's DOP853 in float64 at tight tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.integrate
+import scipy.linalg
+import torch
+
+from ._utils import as_time, bcast, check_finite, check_positive
+from .models import ScoreModel
+from .processes import DiffusionProcess
+from .sde import SDE
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMixture:
+    """A mixture ``Σ_k w_k N(mu_k, S_k)`` in ``d`` dimensions with full covariances.
+
+    Args:
+        means: ``(K, d)``.
+        covariances: ``(K, d, d)`` symmetric positive definite (or ``(K, d)`` diagonals).
+        weights: ``(K,)`` non-negative, summing to 1.
+
+    All computations are in float64; results are returned in the input's dtype. Inputs ``x`` are
+    batch-first ``(B, d)``.
+    """
+
+    def __init__(self, means, covariances, weights):
+        mu = torch.as_tensor(means, dtype=torch.float64).detach().cpu()
+        cov = torch.as_tensor(covariances, dtype=torch.float64).detach().cpu()
+        w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+        if mu.ndim != 2:
+            raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
+        k, d = mu.shape
+        if cov.shape == (k, d):
+            cov = torch.diag_embed(cov)
+        if cov.shape != (k, d, d):
+            raise ValueError(f"covariances must have shape (K, d, d) = {(k, d, d)} or (K, d), got {tuple(cov.shape)}")
+        if w.shape != (k,):
+            raise ValueError(f"weights must have shape (K,) = ({k},), got {tuple(w.shape)}")
+        for name, val in (("means", mu), ("covariances", cov), ("weights", w)):
+            check_finite(val, name)
+        if bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must be non-negative and sum to 1, got sum {float(w.sum()):.8g}")
+        scale = cov.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1e-300)
+        if bool(((cov - cov.transpose(-1, -2)).abs() > 1e-10 * scale).any()):
+            raise ValueError("covariances must be symmetric")
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        evals, evecs = torch.linalg.eigh(cov)
+        if bool((evals <= 0).any()):
+            raise ValueError(
+                f"covariances must be positive definite; smallest eigenvalue {float(evals.min()):.3g}"
+            )
+        self.means, self.covariances, self.weights = mu, cov, w
+        self.evals, self.evecs = evals, evecs  # S_k = U diag(s) Uᵀ
+        self.log_weights = torch.log(w)
+        self.n_components, self.dim = k, d
+
+    # --- construction --------------------------------------------------------------------------------
+    @classmethod
+    def random(
+        cls, dim: int, n_components: int, *, seed: int = 0, mean_scale: float = 1.5,
+        std_range: tuple[float, float] = (0.05, 0.5), weight_concentration: float = 2.0,
+    ) -> GaussianMixture:
+        """A random mixture from ``seed``: means ~ N(0, mean_scale²), random rotations, component standard
+        deviations log-uniform in ``std_range`` (so the condition number is at most (hi/lo)²), Dirichlet
+        weights. Deterministic on every platform (numpy PCG64)."""
+        if dim < 1 or n_components < 1:
+            raise ValueError(f"dim and n_components must be >= 1, got {dim}, {n_components}")
+        lo, hi = std_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"std_range must satisfy 0 < lo <= hi, got {std_range}")
+        rng = np.random.default_rng(seed)
+        means = rng.normal(0.0, mean_scale, size=(n_components, dim))
+        covs = []
+        for _ in range(n_components):
+            q, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+            q = q * np.sign(np.diag(r))
+            std = np.exp(rng.uniform(np.log(lo), np.log(hi), size=dim))
+            covs.append((q * std**2) @ q.T)
+        weights = rng.dirichlet(np.full(n_components, weight_concentration))
+        return cls(means, np.stack(covs), weights)
+
+    @classmethod
+    def preset(cls, name: str) -> GaussianMixture:
+        """Named mixtures: ``"ring2d"`` (8 components on a circle, for pictures), ``"stress8d"`` and
+        ``"stress16d"`` (sharp, anisotropic components: standard deviations 0.02…0.6, condition number
+        up to 900, uneven weights; for solver stress tests)."""
+        if name == "ring2d":
+            ang = np.arange(8) * 2 * np.pi / 8
+            means = 1.5 * np.stack([np.cos(ang), np.sin(ang)], -1)
+            covs = np.stack([np.diag([0.02, 0.08]) if i % 2 else np.diag([0.06, 0.03]) for i in range(8)])
+            w = np.array([3, 1, 2, 1, 3, 1, 2, 1], dtype=float)
+            return cls(means, covs, w / w.sum())
+        if name == "stress8d":
+            return cls.random(8, 6, seed=8, std_range=(0.02, 0.6), weight_concentration=1.0)
+        if name == "stress16d":
+            return cls.random(16, 8, seed=16, std_range=(0.02, 0.6), weight_concentration=1.0)
+        raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(repr(p) for p in PRESETS)}")
+
+    # --- basic statistics --------------------------------------------------------------------------------
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        m = self.mean()
+        dm = self.means - m
+        return (self.weights[:, None, None] * (self.covariances + dm[:, :, None] * dm[:, None, :])).sum(0)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float32,
+               return_labels: bool = False):
+        """Draw ``n`` samples (float64 arithmetic, returned in ``dtype``)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        std = self.evals[comp].sqrt()
+        x = self.means[comp] + torch.einsum("nij,nj->ni", self.evecs[comp], std * z)
+        return (x.to(dtype), comp) if return_labels else x.to(dtype)
+
+    # --- the noised mixture at (alpha, sigma) ------------------------------------------------------------
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        return x.to(torch.float64).cpu() if x.device.type != "cpu" else x.to(torch.float64)
+
+    def _parts(self, x, alpha, sigma):
+        """Per component: eigen-coordinates y, noised eigenvalues c, log N; all (B, K, ...)."""
+        xf = self._flat(x)
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1)  # (B or 1, 1, 1)
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1)
+        diff = xf[:, None, :] - a * self.means[None]  # (B, K, d)
+        y = torch.einsum("kji,bkj->bki", self.evecs, diff)  # Uᵀ (x - alpha mu)
+        c = a * a * self.evals[None] + s * s  # (B or 1, K, d)
+        logn = -0.5 * ((y * y / c).sum(-1) + torch.log(c).sum(-1) + self.dim * _LOG_2PI)  # (B, K)
+        return y, c, logn, a
+
+    def _resp(self, logn):
+        lj = logn + self.log_weights[None]
+        return lj, torch.softmax(lj, dim=-1)
+
+    def log_prob_at(self, x, alpha, sigma) -> torch.Tensor:
+        """``log p(x)`` of the mixture noised to (alpha, sigma): per sample."""
+        _, _, logn, _ = self._parts(x, alpha, sigma)
+        lj, _ = self._resp(logn)
+        return torch.logsumexp(lj, -1).to(x.dtype)
+
+    def score_at(self, x, alpha, sigma) -> torch.Tensor:
+        y, c, logn, _ = self._parts(x, alpha, sigma)
+        _, r = self._resp(logn)
+        comp = -torch.einsum("kij,bkj->bki", self.evecs, y / c)  # -C_k⁻¹ (x - alpha mu_k)
+        return (r[..., None] * comp).sum(1).to(dtype=x.dtype, device=x.device)
+
+    def posterior_mean_at(self, x, alpha, sigma) -> torch.Tensor:
+        """``E[x0 | x_t = x]`` = Σ_k r_k [mu_k + alpha S_k C_k⁻¹ (x - alpha mu_k)]."""
+        y, c, logn, a = self._parts(x, alpha, sigma)
+        _, r = self._resp(logn)
+        comp = self.means[None] + torch.einsum("kij,bkj->bki", self.evecs, a * self.evals[None] * y / c)
+        return (r[..., None] * comp).sum(1).to(dtype=x.dtype, device=x.device)
+
+    # clean data (alpha = 1, sigma = 0)
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob_at(x, 1.0, 0.0)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score_at(x, 1.0, 0.0)
+
+    # --- under a process -----------------------------------------------------------------------------
+    def _alpha_sigma(self, process: DiffusionProcess, t):
+        t = as_time(t)
+        return process.alpha(t).to(torch.float64).cpu(), process.sigma(t).to(torch.float64).cpu()
+
+    def marginal(self, process: DiffusionProcess, t) -> GaussianMixture:
+        """The noised marginal ``p_t`` (itself a Gaussian mixture) at a scalar time ``t``."""
+        a, s = self._alpha_sigma(process, t)
+        if a.ndim != 0:
+            raise ValueError("marginal(process, t) needs a scalar t")
+        a, s = float(a), float(s)
+        return GaussianMixture(a * self.means, a * a * self.covariances + s * s * torch.eye(self.dim), self.weights)
+
+    def log_prob_t(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        return self.log_prob_at(x, *self._alpha_sigma(process, t))
+
+    def score_t(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        return self.score_at(x, *self._alpha_sigma(process, t))
+
+    def posterior_mean(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        return self.posterior_mean_at(x, *self._alpha_sigma(process, t))
+
+    def model(self, process: DiffusionProcess) -> ExactScoreModel:
+        """The exact model of this mixture under ``process``: usable wherever a trained model is."""
+        return ExactScoreModel(self, process)
+
+    def __repr__(self):
+        return f"GaussianMixture(dim={self.dim}, n_components={self.n_components})"
+
+
+PRESETS = ("ring2d", "stress8d", "stress16d")
+
+
+class ExactScoreModel(ScoreModel):
+    """The exact score model of a :class:`GaussianMixture` under a process.
+
+    Each parameterization is computed directly in float64 (the score from the noised mixture, ``x0`` as
+    the posterior mean, ``eps = -sigma · score``), so no conversion divides by a small alpha or sigma.
+    Counts one evaluation per call, like a network.
+    """
+
+    def __init__(self, mixture: GaussianMixture, process: DiffusionProcess):
+        self.mixture = mixture
+        super().__init__(self._net, process, prediction="x0", time_input="t", sample_shape=(mixture.dim,))
+
+    def _net(self, x, t, **cond):  # used only through ScoreModel.__call__ paths
+        return self.mixture.posterior_mean(x, self.process, t)
+
+    def predict(self, x: torch.Tensor, t, kind: str = "x0", **cond) -> torch.Tensor:
+        if kind not in ("eps", "x0", "v", "score"):
+            raise ValueError(f"unknown kind {kind!r}; allowed: 'eps', 'x0', 'v', 'score'")
+        if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN/Inf")
+        t, alpha, sigma = self._coeffs(x, t)
+        a64, s64 = alpha.to(torch.float64).cpu(), sigma.to(torch.float64).cpu()
+        self.nfe += 1
+        m = self.mixture
+        if kind == "score":
+            return m.score_at(x, a64, s64)
+        if kind == "x0":
+            return m.posterior_mean_at(x, a64, s64)
+        score = m.score_at(x.to(torch.float64), a64, s64)
+        eps = -bcast(s64, score) * score
+        if kind == "eps":
+            return eps.to(dtype=x.dtype, device=x.device)
+        x0 = m.posterior_mean_at(x.to(torch.float64), a64, s64)
+        return (bcast(a64, eps) * eps - bcast(s64, x0) * x0).to(dtype=x.dtype, device=x.device)
+
+
+# --- closed-form SDEs ----------------------------------------------------------------------------------
+class OrnsteinUhlenbeck(SDE):
+    """``dx = theta (mu - x) dt + sigma dW`` (additive noise), started at time 0.
+
+    Transition: ``x_t | x_0 ~ N(mu + (x_0 - mu) e^{-theta t}, sigma² (1 - e^{-2 theta t}) / (2 theta))``.
+    Given a Brownian path, :meth:`pathwise` integrates by parts,
+    ``∫_0^t e^{-theta(t-s)} dW_s = W_t - theta ∫_0^t e^{-theta(t-s)} W_s ds``, leaving only a Riemann
+    integral of the path (evaluated by the trapezoid rule on the caller's fine grid).
+    """
+
+    def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 0.5):
+        check_positive(theta, "theta")
+        check_positive(sigma, "sigma")
+        self.theta, self.mu, self.sigma_ = float(theta), float(mu), float(sigma)
+        super().__init__(noise_type="additive")
+
+    def drift(self, t, x):
+        return self.theta * (self.mu - x)
+
+    def diffusion(self, t, x=None):
+        return torch.full((), self.sigma_, dtype=x.dtype if x is not None else torch.float64)
+
+    def mean(self, t: float, x0):
+        return self.mu + (x0 - self.mu) * math.exp(-self.theta * t)
+
+    def variance(self, t: float) -> float:
+        return self.sigma_**2 * -math.expm1(-2 * self.theta * t) / (2 * self.theta)
+
+    def pathwise(self, x0: torch.Tensor, ts: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        """Solution at ``ts[-1]`` from ``x0`` at ``ts[0]`` given ``ws[i] = W(ts[i]) - W(ts[0])`` on a fine
+        grid (``ws`` of shape ``(len(ts), *x0.shape)``); quadrature error O(h_fine^{3/2}) in mean square."""
+        t = ts - ts[0]
+        big_t = t[-1]
+        kern = torch.exp(-self.theta * (big_t - t)).reshape(-1, *([1] * x0.ndim)).to(ws.dtype)
+        dt = (t[1:] - t[:-1]).reshape(-1, *([1] * x0.ndim)).to(ws.dtype)
+        f = kern * ws
+        integral = (0.5 * (f[1:] + f[:-1]) * dt).sum(0)
+        decay = math.exp(-self.theta * float(big_t))
+        return self.mu + (x0 - self.mu) * decay + self.sigma_ * (ws[-1] - self.theta * integral)
+
+
+class GeometricBrownianMotion(SDE):
+    """``dx = mu x dt + sigma x dW`` (diagonal noise); exact ``x_t = x_0 exp((mu - sigma²/2) t + sigma W_t)``."""
+
+    def __init__(self, mu: float = 0.5, sigma: float = 0.5):
+        check_positive(sigma, "sigma")
+        self.mu, self.sigma_ = float(mu), float(sigma)
+        super().__init__(noise_type="diagonal", diffusion_jvp=lambda t, x, v: self.sigma_ * v)
+
+    def drift(self, t, x):
+        return self.mu * x
+
+    def diffusion(self, t, x):
+        return self.sigma_ * x
+
+    def exact(self, x0: torch.Tensor, t: float, w_t: torch.Tensor) -> torch.Tensor:
+        return x0 * torch.exp((self.mu - 0.5 * self.sigma_**2) * t + self.sigma_ * w_t)
+
+    def mean(self, t: float, x0):
+        return x0 * math.exp(self.mu * t)
+
+    def second_moment(self, t: float, x0):
+        return x0**2 * math.exp((2 * self.mu + self.sigma_**2) * t)
+
+
+class LinearSDE(SDE):
+    """``dx = A x dt + B dW`` with ``A`` (d, d), ``B`` (d, m): additive matrix noise (``brownian_size = m``).
+
+    Exact mean ``e^{At} x_0`` and covariance ``P(t) = ∫_0^t e^{As} B Bᵀ e^{Aᵀs} ds`` by Van Loan's
+    block-exponential method (Van Loan 1978).
+    """
+
+    def __init__(self, A, B):
+        A = torch.as_tensor(A, dtype=torch.float64)
+        B = torch.as_tensor(B, dtype=torch.float64)
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be square (d, d), got {tuple(A.shape)}")
+        if B.ndim != 2 or B.shape[0] != A.shape[0]:
+            raise ValueError(f"B must have shape (d, m) with d = {A.shape[0]}, got {tuple(B.shape)}")
+        self.A, self.B = A, B
+        super().__init__(noise_type="additive", brownian_size=B.shape[1])
+
+    def drift(self, t, x):
+        return x @ self.A.to(x.dtype).T
+
+    def diffusion(self, t, x=None):
+        return self.B.to(x.dtype if x is not None else torch.float64)
+
+    def mean(self, t: float, x0: torch.Tensor) -> torch.Tensor:
+        return x0.to(torch.float64) @ torch.linalg.matrix_exp(self.A * t).T
+
+    def covariance(self, t: float) -> torch.Tensor:
+        d = self.A.shape[0]
+        m = torch.zeros(2 * d, 2 * d, dtype=torch.float64)
+        m[:d, :d] = -self.A
+        m[:d, d:] = self.B @ self.B.T
+        m[d:, d:] = self.A.T
+        e = torch.linalg.matrix_exp(m * t)
+        return e[d:, d:].T @ e[:d, d:]
+
+
+# --- float64 reference solver ----------------------------------------------------------------------------
+def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
+                    atol: float = 1e-12) -> torch.Tensor:
+    """Solve ``dx/dt = drift(t, x)`` from ``t0`` to ``t1`` (either direction) with scipy's DOP853 in float64.
+
+    ``drift`` may be a callable or an object with ``.drift`` (an sdekit ODE/SDE; its diffusion is ignored).
+    Returns the state at ``t1`` (or at each of ``t_eval``, stacked first) in ``x0``'s dtype.
+    """
+    fn = drift.drift if hasattr(drift, "drift") else drift
+    check_finite(x0, "x0")
+    shape, dtype = x0.shape, x0.dtype
+
+    def rhs(t, y):
+        x = torch.from_numpy(y).reshape(shape)
+        with torch.no_grad():
+            return fn(torch.tensor(t, dtype=torch.float64), x).reshape(-1).to(torch.float64).numpy()
+
+    y0 = x0.detach().to(torch.float64).cpu().reshape(-1).numpy()
+    res = scipy.integrate.solve_ivp(rhs, (float(t0), float(t1)), y0, method="DOP853", rtol=rtol, atol=atol,
+                                    t_eval=None if t_eval is None else np.asarray(t_eval, dtype=float))
+    if not res.success:
+        raise RuntimeError(f"reference DOP853 solve failed: {res.message}")
+    if t_eval is None:
+        return torch.from_numpy(res.y[:, -1]).reshape(shape).to(dtype)
+    return torch.from_numpy(res.y.T.copy()).reshape(len(res.t), *shape).to(dtype)

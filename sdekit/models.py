@@ -1,0 +1,171 @@
+"""Score-model parameterizations and exact conversions between them.
+
+A network ``net(x, t_in, **cond)`` predicts one of (``shared/CONVENTIONS.md``; alpha, sigma at t):
+
+- ``"eps"``: the noise; ``x0 = (x - sigma eps)/alpha``, ``score = -eps/sigma`` (Ho et al. 2020);
+- ``"x0"``: the data (DPM-Solver++'s D); ``eps = (x - alpha x0)/sigma``;
+- ``"v"``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022); inverted exactly for any process by
+  ``x0 = (alpha x - sigma v)/(alpha² + sigma²)``, ``eps = (sigma x + alpha v)/(alpha² + sigma²)``
+  (the usual formulas when alpha² + sigma² = 1);
+- ``"score"``: ``∇ log p_t(x)``; ``eps = -sigma score``;
+- ``"edm"``: an EDM denoiser ``D(xbar; sigmabar) = x0`` with ``xbar = x/alpha``, ``sigmabar = sigma/alpha``
+  (Karras et al. 2022); the network is called as ``net(x/alpha, sigma/alpha)``.
+
+The network's time input follows ``time_input``: ``"t"`` (continuous time), ``"index"`` (a discrete DDPM
+index ``N t - 1``, fractional where the sampler asks for a time between grid points), ``"sigma"``,
+``"log_sigma"`` or ``"log_snr"``. It always receives a per-sample ``(B,)`` tensor in ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._utils import as_time, bcast, check_choice
+from .processes import DiffusionProcess
+
+PREDICTIONS = ("eps", "x0", "v", "score", "edm")
+TIME_INPUTS = ("t", "index", "sigma", "log_sigma", "log_snr")
+
+
+class ScoreModel:
+    """A network and its process, returning every parameterization through exact conversions.
+
+    Args:
+        net: callable ``net(x, t_in, **cond)`` returning a tensor of ``x``'s shape.
+        process: the :class:`~sdekit.processes.DiffusionProcess` the network was trained on.
+        prediction: what ``net`` predicts: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"edm"``.
+        time_input: the time convention of ``net``'s second argument (ignored for ``"edm"``, which takes
+            ``sigma/alpha``).
+        sample_shape: optional shape of one sample (without the batch dimension), for samplers and zoo.
+
+    ``t`` in every method may be a number, a 0-d tensor or a per-sample ``(B,)`` tensor. Each call of a
+    prediction method evaluates the network once and increments :attr:`nfe`.
+    """
+
+    def __init__(
+        self,
+        net: Callable,
+        process: DiffusionProcess,
+        prediction: str = "eps",
+        time_input: str = "t",
+        *,
+        sample_shape: tuple[int, ...] | None = None,
+    ):
+        if not callable(net):
+            raise TypeError(f"net must be callable net(x, t, **cond), got {type(net).__name__}")
+        if not isinstance(process, DiffusionProcess):
+            raise TypeError(f"process must be a DiffusionProcess (VP, SubVP, VE, EDM), got {type(process).__name__}")
+        check_choice(prediction, "prediction", PREDICTIONS)
+        check_choice(time_input, "time_input", TIME_INPUTS)
+        if time_input == "index" and not getattr(process, "is_discrete", False):
+            raise ValueError("time_input='index' needs a discrete schedule (VP.from_betas / VP.from_alphas_cumprod)")
+        self.net = net
+        self.process = process
+        self.prediction = prediction
+        self.time_input = time_input
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.nfe = 0
+
+    # --- network call --------------------------------------------------------------------------------
+    def net_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Map continuous ``t`` to the network's time convention."""
+        p = self.process
+        if self.time_input == "t":
+            return t
+        if self.time_input == "index":
+            return p.index_from_t(t)
+        if self.time_input == "sigma":
+            return p.sigma(t)
+        if self.time_input == "log_sigma":
+            return p.log_sigma(t)
+        return p.log_snr(t)
+
+    def _coeffs(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = as_time(t, like=x)
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got shape {tuple(t.shape)}")
+        return t, self.process.alpha(t), self.process.sigma(t)
+
+    def _call_net(self, x: torch.Tensor, t: torch.Tensor, alpha, sigma, cond) -> torch.Tensor:
+        if x.ndim < 1:
+            raise ValueError("x must be batch-first with at least one dimension")
+        if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN/Inf")
+        batch = x.shape[0]
+        if self.prediction == "edm":
+            xb = x / bcast(alpha, x)
+            t_in = (sigma / alpha).expand(batch) if (sigma / alpha).ndim == 0 else sigma / alpha
+            out = self.net(xb, t_in.to(x.dtype), **cond)
+        else:
+            t_in = self.net_time(t)
+            t_in = t_in.expand(batch) if t_in.ndim == 0 else t_in
+            out = self.net(x, t_in.to(x.dtype), **cond)
+        self.nfe += 1
+        if not isinstance(out, torch.Tensor):
+            out = getattr(out, "sample", out)  # diffusers-style outputs
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the network returned shape {got}; expected the input's shape {tuple(x.shape)}")
+        return out
+
+    # --- parameterizations -----------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor, t, kind: str = "x0", **cond) -> torch.Tensor:
+        """The prediction ``kind`` (``"eps"``, ``"x0"``, ``"v"``, ``"score"``) at ``(x, t)``: one network call."""
+        check_choice(kind, "kind", ("eps", "x0", "v", "score"))
+        t, alpha, sigma = self._coeffs(x, t)
+        raw = self._call_net(x, t, alpha, sigma, cond)
+        return convert(raw, self.prediction if self.prediction != "edm" else "x0", kind, x, alpha, sigma)
+
+    def eps(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        return self.predict(x, t, "eps", **cond)
+
+    def x0(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        return self.predict(x, t, "x0", **cond)
+
+    def v(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        return self.predict(x, t, "v", **cond)
+
+    def score(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        return self.predict(x, t, "score", **cond)
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        return self.predict(x, t, self.prediction if self.prediction != "edm" else "x0", **cond)
+
+    def __repr__(self):
+        return f"ScoreModel(prediction={self.prediction!r}, time_input={self.time_input!r}, process={self.process!r})"
+
+
+def convert(value: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    """Convert a prediction between parameterizations exactly, given ``x`` and ``alpha``, ``sigma`` at t.
+
+    ``alpha`` and ``sigma`` may be numbers, 0-d or per-sample tensors.
+    """
+    check_choice(src, "src", ("eps", "x0", "v", "score"))
+    check_choice(dst, "dst", ("eps", "x0", "v", "score"))
+    if src == dst:
+        return value
+    a, s = bcast(alpha, x), bcast(sigma, x)
+    # First to (eps, x0) ...
+    if src == "eps":
+        eps = value
+        x0 = (x - s * eps) / a
+    elif src == "x0":
+        x0 = value
+        eps = (x - a * x0) / s
+    elif src == "v":
+        norm = a * a + s * s
+        x0 = (a * x - s * value) / norm
+        eps = (s * x + a * value) / norm
+    else:  # score
+        eps = -s * value
+        x0 = (x - s * eps) / a
+    # ... then to the target.
+    if dst == "eps":
+        return eps
+    if dst == "x0":
+        return x0
+    if dst == "v":
+        return a * eps - s * x0
+    return -eps / s
