@@ -5,6 +5,9 @@ from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
 from .sde import ODE, SDE, from_torchsde, to_torchsde
+from .brownian import BrownianPath, FreshNoise
+from . import bench, solvers
+from .solve import PIController, Solution, solve  # noqa: E402  (the function shadows the module name)
 
 __version__ = "0.1.0"
 
@@ -13,5 +16,6 @@ __all__ = [
     "DiffusionProcess", "VP", "SubVP", "VE", "EDM",
     "ScoreModel", "convert",
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
-    "analytic", "schedules",
+    "analytic", "schedules", "bench", "solvers",
+    "BrownianPath", "FreshNoise", "solve", "Solution", "PIController",
 ]
