@@ -143,7 +143,9 @@ class BrownianPath:
             level, idx = stack.pop()
             n = 2**level
             lo, hi = idx / n, (idx + 1) / n
-            tol = min(self._tol, 1e-3 / n)  # snap points within float32 rounding of a node boundary
+            # snap points within float32 rounding of a node boundary, never by more than a 1e-3 fraction of the
+            # node or of the queried interval (so short intervals are still resolved)
+            tol = min(self._tol, 1e-3 / n, 1e-3 * (b_rel - a_rel))
             if hi <= a_rel + tol or lo >= b_rel - tol:
                 continue
             h = self.length / n

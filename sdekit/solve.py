@@ -229,16 +229,17 @@ def _rms(x: torch.Tensor) -> float:
     return float(torch.sqrt(torch.mean(x.to(torch.float64) ** 2)))
 
 
-def _initial_step(problem, solver, t0, x0, direction, ctrl, f0):
-    """Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: starting step size."""
+def _initial_step(problem, solver, t0, x0, direction, ctrl, f0, span):
+    """Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: starting step size (never beyond the interval)."""
     scale = ctrl.atol + ctrl.rtol * x0.abs()
     d0, d1 = _rms(x0 / scale), _rms(f0 / scale)
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = min(h0, span)
     f1 = problem.drift(torch.tensor(t0 + direction * h0, dtype=torch.float64), x0 + direction * h0 * f0)
     d2 = _rms((f1 - f0) / scale) / h0
     k = (solver.order or 1.0)
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / k)
-    return min(100 * h0, h1)
+    return min(100 * h0, h1, span)
 
 
 def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, save_at, progress):
@@ -272,7 +273,7 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
     if ctrl.dt0 is not None:
         h = abs(float(ctrl.dt0))
     else:
-        h = _initial_step(problem, solver, t0, x0, direction, ctrl, f0)
+        h = _initial_step(problem, solver, t0, x0, direction, ctrl, f0, abs(t1 - t0))
         nfe += 1
     h = min(h, ctrl.dt_max)
     saved, si = [], 0
