@@ -8,6 +8,8 @@ from .sde import ODE, SDE, from_torchsde, to_torchsde
 from .brownian import BrownianPath, FreshNoise
 from . import bench, solvers
 from .solve import PIController, Solution, solve  # noqa: E402  (the function shadows the module name)
+from .sampling import ClassifierFreeGuidance, sample
+from .schedules import time_grid
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,5 @@ __all__ = [
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
     "analytic", "schedules", "bench", "solvers",
     "BrownianPath", "FreshNoise", "solve", "Solution", "PIController",
+    "sample", "ClassifierFreeGuidance", "time_grid",
 ]

@@ -97,11 +97,11 @@ class ScoreModel:
         if self.prediction == "edm":
             xb = x / bcast(alpha, x)
             t_in = (sigma / alpha).expand(batch) if (sigma / alpha).ndim == 0 else sigma / alpha
-            out = self.net(xb, t_in.to(x.dtype), **cond)
+            out = self.net(xb, t_in.to(device=x.device, dtype=x.dtype), **cond)
         else:
             t_in = self.net_time(t)
             t_in = t_in.expand(batch) if t_in.ndim == 0 else t_in
-            out = self.net(x, t_in.to(x.dtype), **cond)
+            out = self.net(x, t_in.to(device=x.device, dtype=x.dtype), **cond)
         self.nfe += 1
         if not isinstance(out, torch.Tensor):
             out = getattr(out, "sample", out)  # diffusers-style outputs

@@ -180,3 +180,50 @@ def get_schedule(schedule, **kwargs) -> BetaSchedule:
     raise ValueError(
         f"unknown schedule {schedule!r}; allowed: 'linear', 'cosine', a BetaSchedule, or VP.from_betas(...)"
     )
+
+
+# --- time grids (shared by the generic solvers and the diffusion samplers) --------------------------------
+SPACINGS = ("time", "log_snr", "quadratic", "karras")
+
+
+def time_grid(process, steps: int, spacing: str = "time", *, t_start: float | None = None,
+              t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    """A decreasing float64 grid of ``steps + 1`` times from ``t_start`` (default ``t_max``) to ``t_end``
+    (default ``t_min``).
+
+    Spacings: ``"time"`` uniform in t; ``"log_snr"`` uniform in lambda (DPM-Solver's ``logSNR``);
+    ``"quadratic"`` uniform in sqrt(t) (DPM-Solver's ``time_quadratic``); ``"karras"`` the EDM rule
+    ``sigmabar_i = (sigmabar_max^(1/rho) + i/N (sigmabar_min^(1/rho) - sigmabar_max^(1/rho)))^rho`` on the
+    scaled noise level ``sigmabar = sigma/alpha = e^(-lambda)`` (Karras et al. 2022, eq. 5), mapped back to t.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; allowed: {', '.join(repr(s) for s in SPACINGS)}")
+    t_hi = float(process.t_max if t_start is None else t_start)
+    t_lo = float(process.t_min if t_end is None else t_end)
+    for name, v in (("t_start", t_hi), ("t_end", t_lo)):
+        if not (process.t_domain_min <= v <= process.t_max):
+            raise ValueError(f"{name}={v:g} is outside the time domain [{process.t_domain_min:g}, {process.t_max:g}]")
+    if not t_hi > t_lo:
+        raise ValueError(f"need t_start > t_end, got t_start={t_hi:g}, t_end={t_lo:g}")
+    i = torch.arange(steps + 1, dtype=torch.float64) / steps
+    if spacing == "time":
+        return t_hi + i * (t_lo - t_hi)
+    if spacing == "quadratic":
+        return (math.sqrt(t_hi) + i * (math.sqrt(t_lo) - math.sqrt(t_hi))) ** 2
+    lam_hi = float(process.log_snr(torch.tensor(t_hi, dtype=torch.float64)))
+    lam_lo = float(process.log_snr(torch.tensor(t_lo, dtype=torch.float64)))
+    if not math.isfinite(lam_lo):
+        raise ValueError(f"spacing {spacing!r} needs a finite log-SNR at t_end={t_lo:g} (sigma > 0 there)")
+    if spacing == "log_snr":
+        lam = lam_hi + i * (lam_lo - lam_hi)
+    else:
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        s_hi, s_lo = math.exp(-lam_hi), math.exp(-lam_lo)
+        sig = (s_hi ** (1 / rho) + i * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
+        lam = -torch.log(sig)
+    t = process.t_from_log_snr(lam)
+    t[0], t[-1] = t_hi, t_lo  # exact end points (the inverse map rounds)
+    return t

@@ -169,7 +169,8 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
     source = _noise_source(problem, solver, x0, brownian, generator, grid[0], grid[-1])
     save_idx = _save_indices(save_at, grid)
     n = len(grid) - 1
-    x, state = x0, solver.init(problem, grid[0], x0)
+    init_kw = {"grid": grid} if getattr(solver, "wants_grid", False) else {}
+    x, state = x0, solver.init(problem, grid[0], x0, **init_kw)
     saved = [x0] if (save_idx is not None and 0 in save_idx) else []
     check_now = x0.device.type == "cpu"
     flags = []
@@ -193,7 +194,7 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
         if bool(bad.any()):  # the one synchronisation of the fixed-grid loop
             first = int(torch.nonzero(bad)[0])
             _raise_nonfinite(first + 1, grid[first + 1])
-    nfe = n * solver.evals_per_step + _init_evals(solver)
+    nfe = solver.count_nfe(state, n) if hasattr(solver, "count_nfe") else n * solver.evals_per_step + _init_evals(solver)
     stats = {"nfe": nfe, "n_steps": n, "n_accepted": n, "n_rejected": 0, "solver": solver.name}
     if save_idx is None:
         return Solution(x=x, stats=stats)

@@ -13,9 +13,9 @@ import torch
 from sdekit import ODE, SDE, solve
 from sdekit.analytic import GeometricBrownianMotion, OrnsteinUhlenbeck
 from sdekit.bench import convergence_order
-from sdekit.solvers import REGISTRY
+from sdekit.solvers import REGISTRY, DiffusionSampler
 
-ODE_CAPABLE = sorted(REGISTRY)  # every solver also integrates an ODE, with its deterministic order
+ODE_CAPABLE = sorted(n for n in REGISTRY if not issubclass(REGISTRY[n], DiffusionSampler))  # generic solvers
 
 
 def ladder(order: float):

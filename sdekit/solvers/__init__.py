@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import Solver
 from .ode import ODE_SOLVERS, ExplicitRK, Tableau
+from .diffusion import DIFFUSION_SAMPLERS, DiffusionSampler
 from .sde import SDE_SOLVERS
 
-REGISTRY: dict[str, type[Solver]] = {cls.name: cls for cls in (*SDE_SOLVERS, *ODE_SOLVERS)}
+REGISTRY: dict[str, type[Solver]] = {cls.name: cls for cls in (*SDE_SOLVERS, *ODE_SOLVERS, *DIFFUSION_SAMPLERS)}
 
 
 def get(name: str | Solver, **options) -> Solver:
@@ -34,4 +35,4 @@ def register(cls: type[Solver]) -> type[Solver]:
     return cls
 
 
-__all__ = ["REGISTRY", "Solver", "ExplicitRK", "Tableau", "get", "register"]
+__all__ = ["REGISTRY", "Solver", "DiffusionSampler", "ExplicitRK", "Tableau", "get", "register"]

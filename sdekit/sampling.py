@@ -1,0 +1,170 @@
+"""``sample``: run any registered sampler or generic solver on a diffusion model; classifier-free guidance.
+
+``sample(model, x_T, solver=..., steps=N)`` builds the time grid, the probability-flow ODE (deterministic
+solvers) or the reverse SDE (stochastic ones) and runs the one solve loop. The network is evaluated at the
+exact continuous times the algorithm asks for (fractional discrete indices where its time convention is an
+index), never at rounded timesteps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .brownian import BrownianPath
+from .models import ScoreModel
+from .reverse import probability_flow, reverse_sde
+from .schedules import time_grid
+from .solve import PIController, Solution, solve
+from .solvers import Solver
+from .solvers import get as get_solver
+
+_CONTROLLER_KEYS = ("rtol", "atol", "max_steps", "dt0", "dt_min", "pcoeff", "icoeff")
+
+
+def _grid_to_t(model, grid) -> torch.Tensor:
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu().reshape(-1)
+    if g.numel() < 2:
+        raise ValueError(f"grid must hold at least 2 times, got {g.numel()}")
+    p = model.process
+    if model.time_input == "index":
+        g = p.t_from_index(g)
+    elif model.time_input == "log_snr":
+        g = p.t_from_log_snr(g)
+    elif model.time_input not in ("t",):
+        raise ValueError(f"custom grids are taken in the model's time convention; {model.time_input!r} grids "
+                         "are not supported: give times t (continuous) instead")
+    if not bool((g[1:] < g[:-1]).all()):
+        raise ValueError("grid must be strictly monotone toward the data end (decreasing t)")
+    if float(g[0]) > p.t_max + 1e-12 or float(g[-1]) < p.t_domain_min - 1e-12:
+        raise ValueError(f"grid runs outside the time domain [{p.t_domain_min:g}, {p.t_max:g}]")
+    return g
+
+
+def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing: str = "time", grid=None,
+           generator: torch.Generator | None = None, *, t_start: float | None = None, t_end: float | None = None,
+           denoise: bool = False, return_trajectory: bool = False, brownian=None, rho: float = 7.0,
+           progress: bool = False, **options) -> Solution:
+    """Sample from ``model`` starting at ``x_T`` (drawn from ``model.process.prior_sample``).
+
+    Args:
+        model: a :class:`~sdekit.models.ScoreModel` (or anything with ``.process`` and ``.predict``).
+        solver: a registry name (``"ddim"``, ``"dpmpp_2m"``, ``"unipc"``, ``"rk4"``, ``"sra1"``, ...) or a
+            Solver instance. Sampler options (``eta``, ``order``, ``variant``, ``S_churn``...) go in
+            ``options``; for adaptive generic ODE solvers ``rtol``/``atol`` select a
+            :class:`~sdekit.solve.PIController`.
+        steps: number of steps (each costs the solver's ``evals_per_step`` model evaluations).
+        spacing: ``"time"``, ``"log_snr"``, ``"quadratic"`` or ``"karras"`` (``rho``); ``grid`` (a 1-D tensor
+            of times in the model's time convention, ``"t"`` or ``"index"``) overrides it.
+        t_start, t_end: grid ends (default the process's ``t_max`` and ``t_min``).
+        denoise: return the model's x0 prediction at ``t_end`` (one more evaluation).
+        generator: randomness for stochastic samplers (a fresh OS-seeded one when None; the global RNG is
+            never used).
+
+    Returns the :class:`~sdekit.solve.Solution`; ``stats["nfe"]`` counts the model evaluations exactly.
+    """
+    process = getattr(model, "process", None)
+    if process is None or not hasattr(model, "predict"):
+        raise TypeError(f"model must be a ScoreModel (with .process and .predict), got {type(model).__name__}")
+    if not isinstance(x_T, torch.Tensor):
+        raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN/Inf")
+    ctrl_opts = {k: options.pop(k) for k in list(options) if k in _CONTROLLER_KEYS}
+    cond = options.pop("cond", {})
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError(f"options {sorted(options)} given with a solver instance")
+        s = solver
+    else:
+        s = get_solver(solver, **(ctrl_opts if solver == "dpm_solver_adaptive" else {}), **options)
+        if solver == "dpm_solver_adaptive":
+            ctrl_opts = {}
+    if generator is None:
+        generator = torch.Generator(device=x_T.device).manual_seed(int.from_bytes(os.urandom(7), "little"))
+    if grid is not None:
+        ts = _grid_to_t(model, grid)
+    else:
+        ts = time_grid(process, steps, spacing, t_start=t_start, t_end=t_end, rho=rho)
+    n0 = getattr(model, "nfe", None)
+    stochastic = bool(s.noise_types)
+    problem = reverse_sde(process, model, **cond) if stochastic else probability_flow(process, model, **cond)
+    if getattr(s, "adaptive_lambda", False):
+        s.check(problem)
+        x, stats = s.run(problem, x_T, float(ts[0]), float(ts[-1]))
+        sol = Solution(x=x, stats=stats)
+    elif s.adaptive and ctrl_opts:
+        sol = solve(problem, x_T, s, t0=float(ts[0]), t1=float(ts[-1]), controller=PIController(**ctrl_opts),
+                    save_at=None, progress=progress)
+    else:
+        if ctrl_opts:
+            raise TypeError(f"options {sorted(ctrl_opts)} apply only to adaptive solvers, not {s.name!r}")
+        if stochastic and brownian is None and s.needs_levy_area:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+            shape = problem.brownian_shape(tuple(x_T.shape))
+            brownian = BrownianPath(float(ts[-1]), float(ts[0]), shape, seed=seed, dtype=x_T.dtype,
+                                    device=x_T.device, levy_area=True)
+        sol = solve(problem, x_T, s, ts=ts, save_at="steps" if return_trajectory else None,
+                    brownian=brownian, generator=None if (brownian is not None or not stochastic) else generator,
+                    progress=progress)
+    if denoise:
+        sol.x = model.predict(sol.x, ts[-1], "x0", **cond)
+        sol.stats["nfe"] += 1
+    if n0 is not None:
+        sol.stats["nfe_counted"] = model.nfe - n0
+    sol.stats["grid"] = ts
+    return sol
+
+
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022) as a model wrapper usable with every sampler:
+    ``eps = eps_uncond + scale (eps_cond - eps_uncond)``, with the conditional and unconditional inputs in ONE
+    batched network call (1 NFE, as in the papers). Guidance is applied to the noise prediction; every other
+    parameterization follows by the exact conversions.
+
+    Args:
+        model: a conditional :class:`ScoreModel` whose network takes ``cond_key`` (e.g. ``y``).
+        scale: guidance scale ``w`` (1 is the conditional model, 0 the unconditional one).
+        null: the unconditional value of ``cond_key`` (e.g. the null class index).
+    """
+
+    def __init__(self, model: ScoreModel, scale: float, *, cond_key: str = "y", null=None):
+        self.model, self.scale, self.cond_key, self.null = model, float(scale), cond_key, null
+        self.process = model.process
+        self.time_input = model.time_input
+        self.sample_shape = getattr(model, "sample_shape", None)
+
+    @property
+    def nfe(self):
+        return self.model.nfe
+
+    def predict(self, x, t, kind="x0", **cond):
+        if self.cond_key not in cond:
+            raise ValueError(f"guidance needs the condition {self.cond_key!r}")
+        c = cond[self.cond_key]
+        c = torch.as_tensor(c, device=x.device)
+        c = c.expand(x.shape[0]) if c.ndim == 0 else c
+        null = torch.full_like(c, self.null) if not isinstance(self.null, torch.Tensor) else self.null.expand_as(c)
+        xx = torch.cat([x, x])
+        tt = t if not (isinstance(t, torch.Tensor) and t.ndim == 1) else torch.cat([t, t])
+        rest = {k: v for k, v in cond.items() if k != self.cond_key}
+        eps = self.model.predict(xx, tt, "eps", **{self.cond_key: torch.cat([c, null])}, **rest)
+        e_c, e_u = eps.chunk(2)
+        guided = e_u + self.scale * (e_c - e_u)
+        if kind == "eps":
+            return guided
+        from ._utils import as_time
+        from .models import convert
+
+        tq = as_time(t, like=x)
+        return convert(guided, "eps", kind, x, self.process.alpha(tq), self.process.sigma(tq))
+
+    def eps(self, x, t, **cond):
+        return self.predict(x, t, "eps", **cond)
+
+    def x0(self, x, t, **cond):
+        return self.predict(x, t, "x0", **cond)
+
+    def score(self, x, t, **cond):
+        return self.predict(x, t, "score", **cond)
