@@ -15,7 +15,8 @@ from sdekit.analytic import GeometricBrownianMotion, OrnsteinUhlenbeck
 from sdekit.bench import convergence_order
 from sdekit.solvers import REGISTRY, DiffusionSampler
 
-ODE_CAPABLE = sorted(n for n in REGISTRY if not issubclass(REGISTRY[n], DiffusionSampler))  # generic solvers
+GENERIC = sorted(n for n in REGISTRY if not issubclass(REGISTRY[n], DiffusionSampler))  # samplers: test_samplers
+ODE_CAPABLE = GENERIC
 
 
 def ladder(order: float):
@@ -74,8 +75,8 @@ def ou_exact(x0, bm, fine=2**12):
     return OU.pathwise(x0, ts, torch.stack(ws))
 
 
-STRONG_DIAGONAL = [n for n in sorted(REGISTRY) if "diagonal" in REGISTRY[n].noise_types]
-STRONG_ADDITIVE = [n for n in sorted(REGISTRY) if "additive" in REGISTRY[n].noise_types and n != "sra1"]
+STRONG_DIAGONAL = [n for n in GENERIC if "diagonal" in REGISTRY[n].noise_types]
+STRONG_ADDITIVE = [n for n in GENERIC if "additive" in REGISTRY[n].noise_types and n != "sra1"]
 
 
 @pytest.mark.parametrize("name", STRONG_DIAGONAL)
@@ -113,7 +114,7 @@ def test_strong_order_sra1_nonlinear():
     assert rec.passed(0.2), rec.table()
 
 
-WEAK_ADDITIVE = [n for n in sorted(REGISTRY) if "additive" in REGISTRY[n].noise_types]
+WEAK_ADDITIVE = [n for n in GENERIC if "additive" in REGISTRY[n].noise_types]
 
 
 class ImpulseNoise:
