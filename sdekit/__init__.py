@@ -1,15 +1,14 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
-from . import analytic, schedules
+from . import analytic, bench, schedules, solvers
+from .brownian import BrownianPath, FreshNoise
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
-from .sde import ODE, SDE, from_torchsde, to_torchsde
-from .brownian import BrownianPath, FreshNoise
-from . import bench, solvers
-from .solve import PIController, Solution, solve  # noqa: E402  (the function shadows the module name)
 from .sampling import ClassifierFreeGuidance, sample
 from .schedules import time_grid
+from .sde import ODE, SDE, from_torchsde, to_torchsde
+from .solve import PIController, Solution, solve  # noqa: E402  (the function shadows the module name)
 
 __version__ = "0.1.0"
 

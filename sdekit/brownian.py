@@ -132,7 +132,8 @@ class BrownianPath:
         lo, hi = self.t0 - 1e-12 * span, self.t1 + 1e-12 * span
         for name, v in (("s", s), ("t", t)):
             if not (lo <= v <= hi):
-                raise ValueError(f"Brownian path queried at {name}={v:g}, outside its interval [{self.t0:g}, {self.t1:g}]")
+                raise ValueError(f"Brownian path queried at {name}={v:g}, outside its interval "
+                                 f"[{self.t0:g}, {self.t1:g}]")
 
     def _cover(self, s: float, t: float):
         """Nodes covering [s, t] (s < t), left to right, as (W, H, length); partial leaves linearised."""
@@ -198,7 +199,8 @@ class BrownianPath:
         return w, hh
 
     def __repr__(self):
-        return f"BrownianPath([{self.t0:g}, {self.t1:g}], shape={self.shape}, seed={self.seed}, levy_area={self.levy_area})"
+        return (f"BrownianPath([{self.t0:g}, {self.t1:g}], shape={self.shape}, seed={self.seed}, "
+                f"levy_area={self.levy_area})")
 
 
 class FreshNoise:

@@ -118,10 +118,12 @@ class DiffusionProcess(SDE):
         return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
     def t_from_index(self, i):
-        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for VP.from_betas/from_alphas_cumprod")
+        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for "
+                        "VP.from_betas / VP.from_alphas_cumprod")
 
     def index_from_t(self, t):
-        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for VP.from_betas/from_alphas_cumprod")
+        raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for "
+                        "VP.from_betas / VP.from_alphas_cumprod")
 
 
 class VP(DiffusionProcess):

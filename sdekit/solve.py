@@ -112,7 +112,8 @@ def _noise_source(problem, solver: Solver, x0, brownian, generator, t_first, t_l
     if generator is not None:
         raise ValueError("give either brownian or generator, not both")
     if solver.needs_levy_area and not getattr(brownian, "levy_area", False):
-        raise ValueError(f"solver {solver.name!r} needs the space-time Lévy area: use BrownianPath(..., levy_area=True)")
+        raise ValueError(f"solver {solver.name!r} needs the space-time Lévy area: "
+                         "use BrownianPath(..., levy_area=True)")
     if isinstance(brownian, BrownianPath):
         if brownian.shape != tuple(shape):
             raise ValueError(f"Brownian path shape {brownian.shape} does not match the noise shape {tuple(shape)}")
@@ -194,7 +195,10 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
         if bool(bad.any()):  # the one synchronisation of the fixed-grid loop
             first = int(torch.nonzero(bad)[0])
             _raise_nonfinite(first + 1, grid[first + 1])
-    nfe = solver.count_nfe(state, n) if hasattr(solver, "count_nfe") else n * solver.evals_per_step + _init_evals(solver)
+    if hasattr(solver, "count_nfe"):
+        nfe = solver.count_nfe(state, n)
+    else:
+        nfe = n * solver.evals_per_step + _init_evals(solver)
     stats = {"nfe": nfe, "n_steps": n, "n_accepted": n, "n_rejected": 0, "solver": solver.name}
     if save_idx is None:
         return Solution(x=x, stats=stats)
@@ -254,7 +258,7 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
     if not problem.is_ode:
         raise ValueError("adaptive step-size control is implemented for ODEs; use a fixed grid for SDEs")
     if not solver.adaptive:
-        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: bosh3, dopri5, tsit5")
+        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: bosh3, dopri5")
     direction = 1.0 if t1 > t0 else -1.0
     save_times = None
     if save_at is not None:

@@ -1,10 +1,16 @@
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "sdekit", *args], capture_output=True, text=True, timeout=300)
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "sdekit", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
 
 
 def test_info_lists_the_registry():
@@ -16,21 +22,84 @@ def test_info_lists_the_registry():
         assert name in r.stdout
 
 
-def test_demo_end_to_end(tmp_path):
-    r = run("demo", "--samples", "32", "--nfe", "10,20", "--out", str(tmp_path))
+SCHEMA = {"solver": str, "kind": str, "nfe_budget": int, "steps": int, "nfe": int, "wall_s": float,
+          "spacing": str, "samples": int, "seed": int, "t_end": float, "model": str, "config_key": str,
+          "finite": bool}
+
+
+def _check_schema(rec):
+    for key, typ in SCHEMA.items():
+        assert isinstance(rec[key], typ), (key, rec[key])
+    if rec["kind"] == "deterministic":
+        assert isinstance(rec["rmse_vs_reference"], float)
+
+
+def test_compare_end_to_end_and_schema(tmp_path):
+    r = run("compare", "--solvers", "ddim,dpmpp_2m,ddpm", "--nfe", "5,20", "--samples", "64", "--out", str(tmp_path),
+            "--no-progress")
     assert r.returncode == 0, r.stderr
-    rec = json.loads((tmp_path / "results.json").read_text())
-    rows = rec["rows"]
-    assert {row["solver"] for row in rows} >= {"euler", "rk4", "sra1"}
-    rk4 = [row for row in rows if row["solver"] == "rk4"]
-    # more NFE, smaller error against the reference (RK4 on the exact PF-ODE)
-    assert rk4[1]["rmse_vs_reference"] < rk4[0]["rmse_vs_reference"]
-    assert "RMSE" in r.stdout
+    res = json.loads((tmp_path / "results.json").read_text())
+    recs = res["records"]
+    assert len(recs) == 6
+    for rec in recs:
+        _check_schema(rec)
+    by = {(r["solver"], r["nfe_budget"]): r for r in recs}
+    # more NFE, smaller error against the reference
+    assert by[("dpmpp_2m", 20)]["rmse_vs_reference"] < by[("dpmpp_2m", 5)]["rmse_vs_reference"]
+    assert "sliced_w2" in by[("ddpm", 20)] and by[("ddpm", 20)]["sliced_w2_stderr"] > 0
+    assert (tmp_path / "rmse_vs_reference_vs_nfe.png").exists() and (tmp_path / "samples.png").exists()
+    assert "RMSE" in r.stdout and "ddim" in r.stdout
+
+
+def test_user_model_factory_is_loaded(tmp_path):
+    r = run("compare", "--model", "tests.fixtures.user_models:gaussian_eps_net", "--solvers", "dpmpp_2m",
+            "--nfe", "10", "--samples", "16", "--out", str(tmp_path), "--no-progress", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "results.json").read_text())["records"][0]
+    assert rec["model"] == "tests.fixtures.user_models:gaussian_eps_net" and rec["nfe"] == 10
+
+
+def test_kill_and_resume(tmp_path):
+    args = [sys.executable, "-m", "sdekit", "compare", "--solvers", "ddim,dpm_solver_2,dpmpp_2m,unipc,ddpm",
+            "--nfe", "10,20,40,80", "--samples", "256", "--out", str(tmp_path), "--no-progress", "--no-plots"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rec_dir = tmp_path / "records"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not rec_dir.exists() or len(list(rec_dir.glob("*.json"))) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")}
+    assert 3 <= len(done) < 20
+    for p in rec_dir.glob("*.json"):
+        json.loads(p.read_text())  # every record that exists is complete
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")}
+    assert len(after) == 20
+    assert all(after[k] == v for k, v in done.items())  # nothing that finished was recomputed
+
+
+def test_order_command(tmp_path):
+    r = run("order", "--problem", "gbm", "--samples", "500", "--out", str(tmp_path), "--no-plots")
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "order-gbm-strong.json").read_text())
+    assert {x["solver"] for x in res["records"]} == {"euler_maruyama", "milstein"}
+    assert all(x["passed"] for x in res["records"]) and "PASS" in r.stdout
 
 
 def test_bad_arguments_give_one_line_and_nonzero_exit(tmp_path):
-    for args in (["demo", "--nfe", "0"], ["demo", "--preset", "moons"], ["demo", "--samples", "0"]):
-        r = run(*args, "--out", str(tmp_path))
-        assert r.returncode == 2
-        assert r.stderr.strip().startswith("sdekit: error:") and len(r.stderr.strip().splitlines()) == 1
-        assert "Traceback" not in r.stderr
+    cases = [
+        ["compare", "--nfe", "0"],
+        ["compare", "--solvers", "dpmpp_9m"],
+        ["compare", "--preset", "moons"],
+        ["compare", "--samples", "0"],
+        ["compare", "--model", "tests.fixtures.user_models:not_a_model"],
+        ["compare", "--model", "no_such_module_xyz:factory"],
+        ["order", "--steps", "8"],
+    ]
+    for args in cases:
+        r = run(*args, "--out", str(tmp_path), "--no-plots")
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip().startswith("sdekit: error:"), (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)

@@ -25,7 +25,8 @@ GAUSS = GaussianMixture(MU[None], torch.full((1, 2), S2, dtype=F64), [1.0])
 
 
 def exact_flow(process, x_T, t_hi, t_lo):
-    """PF-ODE flow of N(mu, s² I) data: affine, x_t = alpha mu + sqrt((alpha² s² + sigma²)/(...T)) (x_T - alpha_T mu)."""
+    """PF-ODE flow of N(mu, s² I) data, affine: x_t = alpha mu + sqrt(v_t / v_T) (x_T - alpha_T mu),
+    v = alpha² s² + sigma²."""
     a_T, s_T = float(process.alpha(t_hi)), float(process.sigma(t_hi))
     a, s = float(process.alpha(t_lo)), float(process.sigma(t_lo))
     return a * MU + math.sqrt((a * a * S2 + s * s) / (a_T * a_T * S2 + s_T * s_T)) * (x_T - a_T * MU)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .base import Solver
-from .ode import ODE_SOLVERS, ExplicitRK, Tableau
 from .diffusion import DIFFUSION_SAMPLERS, DiffusionSampler
+from .ode import ODE_SOLVERS, ExplicitRK, Tableau
 from .sde import SDE_SOLVERS
 
 REGISTRY: dict[str, type[Solver]] = {cls.name: cls for cls in (*SDE_SOLVERS, *ODE_SOLVERS, *DIFFUSION_SAMPLERS)}

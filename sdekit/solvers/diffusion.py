@@ -612,7 +612,8 @@ class DPMSolverAdaptive(DiffusionSampler):
                 accepted += 1
             else:
                 rejected += 1
-            h = min(self.theta * hh * max(e, 1e-10) ** (-1.0 / self.adaptive_order), l_end - self.coef(problem, st, s)[2])
+            remaining = l_end - self.coef(problem, st, s)[2]
+            h = min(self.theta * hh * max(e, 1e-10) ** (-1.0 / self.adaptive_order), remaining)
             if h <= 1e-12:
                 h = l_end - self.coef(problem, st, s)[2]
         del lower

@@ -1,0 +1,267 @@
+"""Solver comparisons on a score model: error vs NFE, distribution distances, resumable records.
+
+``run_comparison`` evaluates every (solver, NFE) configuration from the same ``x_T``:
+
+- deterministic samplers: RMSE of the end point against a float64, tight-tolerance DOP853 solve of the
+  probability-flow ODE from the same ``x_T`` (computed once and cached in the output folder);
+- every sampler: sliced Wasserstein-2 distance (with its Monte-Carlo standard error) to exact samples of the
+  data noised to ``t_end``, and the exact mean log-density of the samples under the data, when the model is
+  analytic; wall time and NFE.
+
+Each finished configuration is written as its own JSON record (write to a temporary file, then rename), so a
+killed run resumes with ``resume=True`` and recomputes nothing that finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..analytic import reference_solve
+from ..reverse import probability_flow
+from ..sampling import sample
+from ..solvers import REGISTRY, DiffusionSampler
+from ..solvers import get as get_solver
+from .metrics import rmse, sliced_wasserstein2
+
+GROUPS = {
+    "all-deterministic": lambda: [n for n in sorted(REGISTRY) if _kind(n) == "deterministic"],
+    "all-stochastic": lambda: [n for n in sorted(REGISTRY) if _kind(n) == "stochastic"],
+}
+SKIP_IN_GROUPS = {"dpm_solver_adaptive", "dopri5", "bosh3"}  # adaptive: they choose their own NFE
+
+
+def _kind(name: str) -> str | None:
+    if name in SKIP_IN_GROUPS:
+        return None
+    s = REGISTRY[name]()
+    if isinstance(s, DiffusionSampler):
+        return "stochastic" if s.noise_types else "deterministic"
+    if not s.noise_types:
+        return "deterministic"
+    return "stochastic" if "additive" in s.noise_types else None
+
+
+def expand_solvers(spec: Sequence[str]) -> list[str]:
+    """Solver names with the groups ``all-deterministic`` / ``all-stochastic`` expanded; unknown names raise."""
+    out: list[str] = []
+    for name in spec:
+        name = name.strip()
+        if not name:
+            continue
+        if name in GROUPS:
+            out += [n for n in GROUPS[name]() if n not in out]
+        elif name in REGISTRY:
+            if name not in out:
+                out.append(name)
+        else:
+            raise ValueError(f"unknown solver {name!r}; registered: {', '.join(sorted(REGISTRY))}; groups: "
+                             f"{', '.join(GROUPS)}")
+    if not out:
+        raise ValueError("no solvers selected")
+    return out
+
+
+def _atomic_write(path: str, text: str) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class ComparisonConfig:
+    solvers: list[str]
+    nfe: list[int]
+    spacing: str = "log_snr"
+    samples: int = 512
+    seed: int = 0
+    t_end: float | None = None
+    dtype: str = "float64"
+    device: str = "cpu"
+    reference_rtol: float = 1e-10
+    model_name: str = "model"
+    scatter_nfe: int | None = None  # save the samples of this NFE (for scatter plots)
+    extra: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        blob = json.dumps({k: v for k, v in vars(self).items() if k not in ("solvers", "nfe", "scatter_nfe")},
+                          sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _record_path(out_dir, cfg, solver, nfe):
+    return os.path.join(out_dir, "records", f"{cfg.key()}-{solver}-{nfe}.json")
+
+
+def samples_path(out_dir, cfg, solver, nfe):
+    return os.path.join(out_dir, f"samples-{cfg.key()}-{solver}-{nfe}.npy")
+
+
+def reference_endpoint(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, cache: str | None):
+    """Float64 DOP853 solve of the PF-ODE from ``x_T`` (cached as .npy under ``cache`` when given)."""
+    if cache is not None and os.path.exists(cache):
+        return torch.from_numpy(np.load(cache))
+    ode = probability_flow(model.process, model)
+    ref = reference_solve(ode, x_T.double().cpu(), t_start, t_end, rtol=rtol, atol=rtol)
+    if cache is not None:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), suffix=".npy")
+        os.close(fd)
+        np.save(tmp, ref.numpy())
+        os.replace(tmp, cache)
+    return ref
+
+
+def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """Run every (solver, NFE) configuration of ``cfg`` on ``model``; returns the records (also on disk)."""
+    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    process = model.process
+    shape = getattr(model, "sample_shape", None)
+    if shape is None:
+        raise ValueError("the model needs a sample_shape (the shape of one sample) for comparisons")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_T = process.prior_sample((cfg.samples, *shape), generator=gen, dtype=torch.float64)
+    t_start = float(process.t_max)
+    t_end = float(process.t_min if cfg.t_end is None else cfg.t_end)
+    os.makedirs(out_dir, exist_ok=True)
+    need_ref = any(_kind(s) == "deterministic" for s in cfg.solvers)
+    ref = None
+    if need_ref:
+        cache = os.path.join(out_dir, f"reference-{cfg.key()}.npy")
+        if not (resume and os.path.exists(cache)):
+            log(f"reference: float64 DOP853 PF-ODE solve of {cfg.samples} samples (rtol {cfg.reference_rtol:g}) ...")
+        ref = reference_endpoint(model, x_T, t_start, t_end, rtol=cfg.reference_rtol, cache=cache)
+    mixture = getattr(model, "mixture", None)
+    exact = None
+    if mixture is not None:
+        exact = mixture.marginal(process, t_end).sample(cfg.samples, generator=torch.Generator().manual_seed(
+            cfg.seed + 10_000), dtype=torch.float64)
+    jobs = [(s, n) for s in cfg.solvers for n in cfg.nfe]
+    records = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="compare", unit="config", dynamic_ncols=True)
+    for solver_name, nfe in jobs:
+        path = _record_path(out_dir, cfg, solver_name, nfe)
+        if bar is not None:
+            bar.set_postfix_str(f"{solver_name} @ {nfe} NFE")
+        if resume and os.path.exists(path):
+            with open(path) as f:
+                records.append(json.load(f))
+            if bar is not None:
+                bar.update(1)
+            continue
+        solver = get_solver(solver_name)
+        steps = max(1, nfe // solver.evals_per_step)
+        x = x_T.to(device=cfg.device, dtype=dtype)
+        t0 = time.perf_counter()
+        sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end,
+                     generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
+        wall = time.perf_counter() - t0
+        out = sol.x.double().cpu()
+        rec = {"solver": solver_name, "kind": _kind(solver_name), "nfe_budget": nfe, "steps": steps,
+               "nfe": int(sol.stats["nfe"]), "wall_s": wall, "spacing": cfg.spacing, "samples": cfg.samples,
+               "seed": cfg.seed, "t_end": t_end, "model": cfg.model_name, "config_key": cfg.key(),
+               "finite": bool(torch.isfinite(out).all())}
+        if ref is not None and rec["kind"] == "deterministic":
+            rec["rmse_vs_reference"] = rmse(out, ref)
+        if exact is not None:
+            sw, se = sliced_wasserstein2(out, exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
+            rec["sliced_w2"], rec["sliced_w2_stderr"] = sw, se
+            rec["mean_log_p_data"] = float(mixture.log_prob(out.reshape(out.shape[0], -1)).mean())
+        if cfg.scatter_nfe == nfe:
+            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".npy")
+            os.close(fd)
+            np.save(tmp, out.numpy())
+            os.replace(tmp, samples_path(out_dir, cfg, solver_name, nfe))
+        _atomic_write(path, json.dumps(rec, indent=1))
+        records.append(rec)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = {"config": vars(cfg), "records": records}
+    _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
+    return records
+
+
+def table(records: list[dict], metric: str) -> str:
+    """A solver × NFE table of ``metric`` (missing entries as '-')."""
+    solvers = list(dict.fromkeys(r["solver"] for r in records))
+    nfes = sorted({r["nfe_budget"] for r in records})
+    head = f"{'solver':<22}" + "".join(f"{n:>11}" for n in nfes)
+    lines = [head, "-" * len(head)]
+    for s in solvers:
+        row = f"{s:<22}"
+        for n in nfes:
+            r = next((r for r in records if r["solver"] == s and r["nfe_budget"] == n), None)
+            v = None if r is None else r.get(metric)
+            row += f"{'-':>11}" if v is None else f"{v:>11.3e}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], out_dir: str, *, metric: str, scatter: dict | None = None) -> list[str]:
+    """PNG plots: ``metric`` vs NFE (log-log, one line per solver); optional 2-D scatter grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for s in dict.fromkeys(r["solver"] for r in records):
+        pts = sorted((r["nfe"], r[metric]) for r in records if r["solver"] == s and r.get(metric) is not None)
+        if pts:
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    p = os.path.join(out_dir, f"{metric}_vs_nfe.png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    if scatter:
+        names = list(scatter)
+        cols = min(4, len(names))
+        rows = math.ceil(len(names) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            pts = scatter[name]
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+            ax.set_title(name, fontsize=8)
+            ax.set_xlim(-3, 3)
+            ax.set_ylim(-3, 3)
+            ax.set_aspect("equal")
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        p = os.path.join(out_dir, "samples.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
