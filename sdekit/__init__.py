@@ -5,6 +5,7 @@ from .brownian import BrownianPath, FreshNoise
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
+from .grid_opt import GridResult, optimize_grid
 from .sampling import ClassifierFreeGuidance, sample
 from .schedules import time_grid
 from .sde import ODE, SDE, from_torchsde, to_torchsde
@@ -19,5 +20,5 @@ __all__ = [
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
     "analytic", "schedules", "bench", "solvers",
     "BrownianPath", "FreshNoise", "solve", "Solution", "PIController",
-    "sample", "ClassifierFreeGuidance", "time_grid",
+    "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult",
 ]

@@ -45,7 +45,7 @@ def _grid_to_t(model, grid) -> torch.Tensor:
 def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing: str = "time", grid=None,
            generator: torch.Generator | None = None, *, t_start: float | None = None, t_end: float | None = None,
            denoise: bool = False, return_trajectory: bool = False, brownian=None, rho: float = 7.0,
-           progress: bool = False, **options) -> Solution:
+           progress: bool = False, fused: bool | str = False, **options) -> Solution:
     """Sample from ``model`` starting at ``x_T`` (drawn from ``model.process.prior_sample``).
 
     Args:
@@ -61,6 +61,9 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
         denoise: return the model's x0 prediction at ``t_end`` (one more evaluation).
         generator: randomness for stochastic samplers (a fresh OS-seeded one when None; the global RNG is
             never used).
+        fused: for diffusion samplers, compute each step's final linear combination with the fused kernel
+            ``sdekit.kernels.combine`` (``True``: Triton; ``"auto"``: Triton on CUDA tensors; ``False``: PyTorch).
+            The noise still comes from the solve's noise source, so results agree to rounding.
 
     Returns the :class:`~sdekit.solve.Solution`; ``stats["nfe"]`` counts the model evaluations exactly.
     """
@@ -81,6 +84,12 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
         s = get_solver(solver, **(ctrl_opts if solver == "dpm_solver_adaptive" else {}), **options)
         if solver == "dpm_solver_adaptive":
             ctrl_opts = {}
+    if fused is not False:
+        if fused not in (True, "auto"):
+            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
+        if not hasattr(s, "lin"):
+            raise ValueError(f"fused steps apply to diffusion samplers, not {s.name!r}")
+        s.fused = fused
     if generator is None:
         generator = torch.Generator(device=x_T.device).manual_seed(int.from_bytes(os.urandom(7), "little"))
     if grid is not None:

@@ -274,3 +274,16 @@ def test_bad_input():
     # an order the step count cannot support falls back to lower order (documented warm-up)
     one = sample(m, x, "dpmpp_3m", steps=1).x
     torch.testing.assert_close(one, sample(m, x, "ddim", steps=1).x)
+
+
+@pytest.mark.parametrize("name,kw", [("ddim", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpm_solver_1", {}),
+                                     ("dpmpp_2m_sde", {}), ("ddim", {"eta": 0.7})])
+def test_fused_kernel_steps_match_pytorch_steps(name, kw):
+    """The fused Triton combination (run by the interpreter on CPU) gives the PyTorch result to rounding."""
+    pytest.importorskip("triton")
+    p = VP()
+    m = GaussianMixture.preset("ring2d").model(p)
+    x = x_T_for(p, n=6).float()
+    ref = sample(m, x, name, steps=5, generator=torch.Generator().manual_seed(0), **kw).x
+    fused = sample(m, x, name, steps=5, generator=torch.Generator().manual_seed(0), fused=True, **kw).x
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)  # float32 reassociation

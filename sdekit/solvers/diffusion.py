@@ -75,6 +75,22 @@ class DiffusionSampler(Solver):
         except ValueError as e:
             raise ValueError(f"at step {st['k'] + 1} (t = {t:.6g}): {e}") from e
 
+    #: route the step's final linear combination through sdekit.kernels.combine: False (plain PyTorch ops),
+    #: True (the Triton kernel; on CPU tensors only under TRITON_INTERPRET=1) or "auto" (Triton on CUDA
+    #: tensors when available). Set per call with ``sample(..., fused=...)``.
+    fused: bool | str = False
+
+    def lin(self, coeffs, tensors):
+        """``sum_i c_i y_i`` in one pass (fused) or as PyTorch ops; ``coeffs`` are Python floats."""
+        if self.fused is True or (self.fused == "auto" and tensors[0].is_cuda):
+            from ..kernels import combine
+
+            return combine(list(coeffs), list(tensors), backend="triton" if self.fused is True else "auto")
+        out = tensors[0] * coeffs[0]
+        for c, y in zip(coeffs[1:], tensors[1:]):
+            out = out.add(y, alpha=c)
+        return out
+
     def step(self, problem, t0, t1, x0, noise, state):
         z = None
         if noise is not None:
@@ -154,12 +170,12 @@ class DDIM(DiffusionSampler):
         a0, s0, l0 = self.coef(problem, st, t0)
         a1, s1, l1 = self.coef(problem, st, t1)
         d = self.model_out(problem, st, x, t0, "x0")
-        eps = (x - a0 * d) / s0
-        if self.eta == 0:
-            return d * a1 + eps * s1
-        s = self.eta * s1 * math.sqrt(-math.expm1(-2 * (l1 - l0)))
-        s = min(s, s1)
-        return d * a1 + eps * math.sqrt(s1 * s1 - s * s) + z * s
+        # x1 = alpha1 D + c eps + s z with eps = (x - alpha0 D)/sigma0, as one combination of (x, D, z)
+        s = 0.0 if self.eta == 0 else min(self.eta * s1 * math.sqrt(-math.expm1(-2 * (l1 - l0))), s1)
+        c = math.sqrt(s1 * s1 - s * s)
+        if s == 0.0:
+            return self.lin((c / s0, a1 - c * a0 / s0), (x, d))
+        return self.lin((c / s0, a1 - c * a0 / s0, s), (x, d, z))
 
 
 # --- DPM-Solver (noise prediction, singlestep) ---------------------------------------------------------
@@ -174,7 +190,7 @@ class DPMSolver1(DiffusionSampler):
         a0, _, l0 = self.coef(problem, st, t0)
         a1, s1, l1 = self.coef(problem, st, t1)
         eps = self.model_out(problem, st, x, t0, "eps")
-        return x * (a1 / a0) - eps * (s1 * math.expm1(l1 - l0))
+        return self.lin((a1 / a0, -s1 * math.expm1(l1 - l0)), (x, eps))
 
 
 class DPMSolver2(DiffusionSampler):
@@ -294,24 +310,25 @@ class DPMSolverPPMultistep(DiffusionSampler):
             d_mid = self.model_out(problem, st, u, ts, "x0")
             return x * (s1 / s0) - d0 * (a1 * math.expm1(-h)) - (d_mid - d0) * (a1 * math.expm1(-h))
         phi1 = math.expm1(-h)
-        out = x * (s1 / s0) - d0 * (a1 * phi1)
-        if order >= 2:
-            lp1, dp1 = hist[-2]
-            r0 = (l0 - lp1) / h
-            d1_0 = (d0 - dp1) / r0
-            if order == 2:
-                out = out - d1_0 * (0.5 * a1 * phi1)
-            else:
-                lp2, dp2 = hist[-3]
-                r1 = (lp1 - lp2) / h
-                d1_1 = (dp1 - dp2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                c3 = 2.0 if self.variant == "taylor" else 1.0
-                out = out + d1 * (a1 * phi2) - d2 * (c3 * a1 * phi3)
-        return out
+        if order == 1:
+            return self.lin((s1 / s0, -a1 * phi1), (x, d0))
+        lp1, dp1 = hist[-2]
+        r0 = (l0 - lp1) / h
+        if order == 2:  # x1 = (s1/s0) x - a1 phi1 D0 - ½ a1 phi1 (D0 - D_-1)/r0
+            k0 = -0.5 * a1 * phi1
+            return self.lin((s1 / s0, -a1 * phi1 + k0 / r0, -k0 / r0), (x, d0, dp1))
+        # third order: D1 = (1 + q) D1_0 - q D1_1, D2 = (D1_0 - D1_1)/(r0 + r1), q = r0/(r0 + r1), with the
+        # divided differences D1_0 = (D0 - D_-1)/r0, D1_1 = (D_-1 - D_-2)/r1 expanded into (x, D0, D_-1, D_-2)
+        lp2, dp2 = hist[-3]
+        r1 = (lp1 - lp2) / h
+        phi2 = phi1 / h + 1
+        phi3 = phi2 / h - 0.5
+        big_a = a1 * phi2
+        big_b = (2.0 if self.variant == "taylor" else 1.0) * a1 * phi3
+        q = r0 / (r0 + r1)
+        k0 = big_a * (1 + q) - big_b / (r0 + r1)
+        k1 = -big_a * q + big_b / (r0 + r1)
+        return self.lin((s1 / s0, -a1 * phi1 + k0 / r0, -k0 / r0 + k1 / r1, -k1 / r1), (x, d0, dp1, dp2))
 
 
 class DPMSolverPP2M(DPMSolverPPMultistep):
@@ -355,12 +372,12 @@ class DPMSolverPP2MSDE(DiffusionSampler):
         del hist[:-2]
         h = l1 - l0
         em2h = -math.expm1(-2 * h)  # 1 - e^{-2h}
-        out = x * (s1 / s0 * math.exp(-h)) + d0 * (a1 * em2h)
+        cx, cz = s1 / s0 * math.exp(-h), s1 * math.sqrt(em2h)
         if _lower_order(st, 2, self.lower_order_final) >= 2:
             lp, dp = hist[-2]
-            r = (l0 - lp) / h
-            out = out + (d0 - dp) * (0.5 * a1 * em2h / r)
-        return out + z * (s1 * math.sqrt(em2h))
+            k = 0.5 * a1 * em2h / ((l0 - lp) / h)
+            return self.lin((cx, a1 * em2h + k, -k, cz), (x, d0, dp, z))
+        return self.lin((cx, a1 * em2h, cz), (x, d0, z))
 
 
 # --- UniPC ----------------------------------------------------------------------------------------------
