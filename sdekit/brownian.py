@@ -23,13 +23,16 @@ The normals ``X1, X2`` of a node come from a generator seeded by a hash of (seed
 value does not depend on the order of queries. A small LRU cache keeps the ancestors of recent queries, so
 sequential queries along a grid cost one (two with Lévy area) normal draw per step.
 
-Points on the dyadic refinements of the cells are exact. Other points are resolved by descending to
-``max_depth`` levels (relative resolution ``2^-max_depth``), below which the path is linear.
+Every query point is first snapped, by itself, to an exact dyadic fraction of the root: the shallowest node
+boundary at level l within ``min(1e-7, 1e-4 · 2^-l)`` of the root's length (so float32 grid times hit their
+cells), else the nearest point of level ``max_depth`` (resolution ``2^-max_depth``). Increments therefore add up exactly over any split, and
+two points closer than that resolution to the same boundary give a zero increment.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
 import torch
@@ -61,15 +64,16 @@ class BrownianPath:
             with one normal draw per step.
         levy_area: also provide space-time Lévy areas (:meth:`levy`); doubles the draws.
         max_depth: depth at which off-grid points stop being refined.
-        cache_size: number of tree nodes kept.
+        cache_size: number of tree nodes kept (each a tensor of ``shape``; two with Lévy area). Sequential
+            queries along a grid of depth d need about 2d.
     """
 
     def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
-                 n_cells: int = 1, levy_area: bool = False, max_depth: int = 40, cache_size: int = 256):
+                 n_cells: int = 1, levy_area: bool = False, max_depth: int = 40, cache_size: int = 96):
         t0, t1 = float(t0), float(t1)
         if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
             raise ValueError(f"BrownianPath needs finite t0 < t1, got t0={t0}, t1={t1}")
-        if not isinstance(n_cells, int) or n_cells < 1:
+        if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
             raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -78,7 +82,7 @@ class BrownianPath:
         self.seed, self.dtype = seed, dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.levy_area = bool(levy_area)
-        self.n_cells = n_cells
+        self.n_cells = n_cells = int(n_cells)
         self._k0 = max(0, math.ceil(math.log2(n_cells)))  # level of the cells
         self.length = (t1 - t0) / n_cells * 2**self._k0  # root covers [t0, t0 + length] ⊇ [t0, t1]
         self.max_depth = self._k0 + int(max_depth)
@@ -135,29 +139,33 @@ class BrownianPath:
                 raise ValueError(f"Brownian path queried at {name}={v:g}, outside its interval "
                                  f"[{self.t0:g}, {self.t1:g}]")
 
-    def _cover(self, s: float, t: float):
-        """Nodes covering [s, t] (s < t), left to right, as (W, H, length); partial leaves linearised."""
+    def _snap(self, u: float) -> float:
+        """The query point as an exact dyadic fraction of the root: the shallowest node boundary at level l
+        within ``min(1e-7, 1e-4 · 2^-l)`` of the root's length (absorbs float32 rounding of grid times at the
+        cell levels, never moves a point by more than 1e-4 of the local node), else the nearest point of the
+        finest level. Depends on the point alone, so increments add up exactly across any split."""
+        u_rel = (u - self.t0) / self.length
+        for level in range(self.max_depth + 1):
+            n = 2**level
+            k = round(u_rel * n)
+            if abs(u_rel - k / n) <= min(self._tol, 1e-4 / n):
+                return k / n
+        n = 2**self.max_depth
+        return round(u_rel * n) / n
+
+    def _cover(self, a_rel: float, b_rel: float):
+        """Nodes covering the dyadic interval [a_rel, b_rel] (root units, a_rel < b_rel), left to right."""
         out = []
-        a_rel, b_rel = (s - self.t0) / self.length, (t - self.t0) / self.length
         stack = [(0, 0)]
         while stack:
             level, idx = stack.pop()
             n = 2**level
-            lo, hi = idx / n, (idx + 1) / n
-            # snap points within float32 rounding of a node boundary, never by more than a 1e-3 fraction of the
-            # node or of the queried interval (so short intervals are still resolved)
-            tol = min(self._tol, 1e-3 / n, 1e-3 * (b_rel - a_rel))
-            if hi <= a_rel + tol or lo >= b_rel - tol:
+            lo, hi = idx / n, (idx + 1) / n  # exact: dyadic fractions
+            if hi <= a_rel or lo >= b_rel:
                 continue
-            h = self.length / n
-            if lo >= a_rel - tol and hi <= b_rel + tol:
+            if lo >= a_rel and hi <= b_rel:
                 w, hh = self._node(level, idx)
-                out.append((w, hh, h))
-                continue
-            if level >= self.max_depth:  # below the resolution: linear piece of this leaf
-                w, hh = self._node(level, idx)
-                frac = (min(hi, b_rel) - max(lo, a_rel)) * n
-                out.append((w * frac, None if hh is None else torch.zeros_like(hh), h * frac))
+                out.append((w, hh, self.length / n))
                 continue
             stack.append((level + 1, 2 * idx + 1))
             stack.append((level + 1, 2 * idx))
@@ -171,7 +179,10 @@ class BrownianPath:
             return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         if s > t:
             return -self(t, s)
-        parts = self._cover(s, t)
+        a, b = self._snap(s), self._snap(t)
+        if a == b:
+            return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        parts = self._cover(a, b)
         w = parts[0][0]
         for p in parts[1:]:
             w = w + p[0]
@@ -187,10 +198,11 @@ class BrownianPath:
         if s > t:
             w, h = self.levy(t, s)
             return -w, h
-        if s == t:
+        a, b = self._snap(s), self._snap(t)
+        if a == b:
             z = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
             return z, z.clone()
-        parts = self._cover(s, t)
+        parts = self._cover(a, b)
         w, hh, h = parts[0]
         for w2, h2, len2 in parts[1:]:
             # adjacent intervals: (h1 + h2) H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2

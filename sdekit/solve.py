@@ -6,7 +6,7 @@ diffusion is solved on a decreasing grid directly, with no time flip.
 
 On the fixed-grid path nothing synchronises a GPU per step: times are Python floats taken from the grid
 once, and NaN/Inf is tracked as per-step device flags checked once at the end (on CPU, where a check is
-free, every step is checked at once so that the error names the first bad step).
+cheap, one reduction per step, every step is checked at once so that the error names the first bad step).
 """
 
 from __future__ import annotations
@@ -115,6 +115,9 @@ def _noise_source(problem, solver: Solver, x0, brownian, generator, t_first, t_l
         raise ValueError(f"solver {solver.name!r} needs the space-time Lévy area: "
                          "use BrownianPath(..., levy_area=True)")
     if isinstance(brownian, BrownianPath):
+        if brownian.dtype != x0.dtype or brownian.device.type != x0.device.type:
+            raise ValueError(f"Brownian path dtype/device ({brownian.dtype}, {brownian.device}) must match x0's "
+                             f"({x0.dtype}, {x0.device})")
         if brownian.shape != tuple(shape):
             raise ValueError(f"Brownian path shape {brownian.shape} does not match the noise shape {tuple(shape)}")
         lo, hi = min(t_first, t_last), max(t_first, t_last)

@@ -1,4 +1,4 @@
-"""Every python code block of README.md runs."""
+"""Every python code block of README.md and docs/solvers.md runs."""
 
 import pathlib
 import re
@@ -6,9 +6,13 @@ import re
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_readme_example_runs():
-    text = (ROOT / "README.md").read_text()
+import pytest
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/solvers.md"])
+def test_examples_run(page):
+    text = (ROOT / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "README has no python example"
+    assert blocks, f"{page} has no python example"
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, page, "exec"), {})

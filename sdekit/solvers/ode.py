@@ -107,18 +107,12 @@ class ExplicitRK(Solver):
         f = problem.drift
         k = [state if state is not None else f(_tt(t0), x0)]
         for i in range(1, self._stages):
-            xi = x0
-            for aij, kj in zip(tab.a[i], k):
-                if aij != 0.0:
-                    xi = xi.add(kj, alpha=h * aij)
+            xi = x0 + _weighted(tab.a[i], k, h)  # sum the stage increment first: one rounding onto x0
             if tab.fsal and i == self._stages - 1:
                 x1 = xi  # last stage evaluates at the solution
             k.append(f(_tt(t0 + tab.c[i] * h), xi))
         if not tab.fsal:
-            x1 = x0
-            for bi, ki in zip(tab.b, k):
-                if bi != 0.0:
-                    x1 = x1.add(ki, alpha=h * bi)
+            x1 = x0 + _weighted(tab.b, k, h)
         err = None
         if tab.b_err is not None:
             err = None
@@ -140,6 +134,15 @@ class ExplicitRK(Solver):
         h00, h10 = (1 + 2 * th) * (1 - th) ** 2, th * (1 - th) ** 2
         h01, h11 = th * th * (3 - 2 * th), th * th * (th - 1)
         return h00 * x0 + h10 * h * f0 + h01 * x1 + h11 * h * f1
+
+
+def _weighted(coeffs, ks, h):
+    """``h · sum_j c_j k_j`` over the non-zero coefficients."""
+    acc = None
+    for c, kj in zip(coeffs, ks):
+        if c != 0.0:
+            acc = kj * (h * c) if acc is None else acc.add(kj, alpha=h * c)
+    return acc if acc is not None else torch.zeros_like(ks[0])
 
 
 def _tt(t: float) -> torch.Tensor:
