@@ -1,11 +1,12 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
-from . import analytic, bench, schedules, solvers
+from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
 from .brownian import BrownianPath, FreshNoise
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
 from .grid_opt import GridResult, optimize_grid
+from .likelihood import bits_per_dim, log_likelihood
 from .sampling import ClassifierFreeGuidance, sample
 from .schedules import time_grid
 from .sde import ODE, SDE, from_torchsde, to_torchsde
@@ -18,7 +19,7 @@ __all__ = [
     "DiffusionProcess", "VP", "SubVP", "VE", "EDM",
     "ScoreModel", "convert",
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
-    "analytic", "schedules", "bench", "solvers",
+    "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters",
     "BrownianPath", "FreshNoise", "solve", "Solution", "PIController",
-    "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult",
+    "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult", "log_likelihood", "bits_per_dim",
 ]

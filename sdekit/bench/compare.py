@@ -144,6 +144,11 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     t_start = float(process.t_max)
     t_end = float(process.t_min if cfg.t_end is None else cfg.t_end)
     os.makedirs(out_dir, exist_ok=True)
+    rec_dir = os.path.join(out_dir, "records")
+    if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
+        for name in os.listdir(rec_dir):
+            if name.startswith(".tmp-"):
+                os.unlink(os.path.join(rec_dir, name))
     need_ref = any(_kind(s) == "deterministic" for s in cfg.solvers)
     ref = None
     if need_ref:

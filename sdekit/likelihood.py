@@ -1,0 +1,556 @@
+"""Log-likelihoods of diffusion models through the probability-flow ODE: exact divergence, Hutchinson, bits/dim.
+
+The probability-flow ODE ``dx/dt = f̃(x, t) = f(t) x - ½ g(t)² score(x, t)`` (Song et al. 2021, eq. 13)
+moves samples of ``p_t`` to samples of ``p_{t'}`` deterministically, so the instantaneous change of
+variables (Chen et al. 2018, "Neural ODEs", theorem 1; used by FFJORD, Grathwohl et al. 2019) gives
+``d/dt log p_t(x_t) = -div f̃(x_t, t)`` along a trajectory, hence
+
+    log p_{t_start}(x) = log p_T(x_T) + ∫_{t_start}^{T} div f̃(x_t, t) dt,        x_{t_start} = x,
+
+with ``T = process.t_max`` and ``log p_T`` approximated by the prior (Song et al. 2021, appendix D.2).
+:func:`log_likelihood` integrates the augmented state ``(x, ℓ)``, ``dℓ/dt = div f̃``, ``ℓ(t_start) = 0``,
+with :func:`sdekit.solve`. Because ``f(t) x`` is linear, ``div f̃ = D f(t) - ½ g(t)² tr(∂score/∂x)``: only
+the score's Jacobian is differentiated.
+
+- ``divergence="exact"``: the full trace, from ``D`` vector–Jacobian products with the basis vectors
+  (``torch.func.vjp`` once, its pullback ``vmap``-ed over chunks of basis vectors), or a loop of
+  ``torch.autograd.grad`` where ``torch.func`` cannot trace the model.
+- ``divergence="hutchinson"``: ``εᵀ (∂f̃/∂x) ε`` with ``E[ε εᵀ] = I`` (Hutchinson 1990; Skilling 1989),
+  one vector–Jacobian product per probe. The probes are drawn once and kept for the whole solve, and
+  each probe carries its own integral, so the spread of the ``n_probes`` integrals gives the standard error.
+
+:func:`bits_per_dim` applies it to images with uniform dequantization (Theis et al. 2016; the DDPM and
+score_sde convention); the offset is derived in its docstring and in ``docs/likelihood.md``.
+
+The model must treat the samples of a batch independently (no batch statistics): the trace uses
+per-sample Jacobians computed together for the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ._utils import bcast, check_choice
+from .processes import DiffusionProcess
+from .schedules import SPACINGS, time_grid
+from .sde import ODE
+from .solve import PIController, solve
+from .solvers import get as get_solver
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("gaussian", "rademacher")
+BACKENDS = ("auto", "func", "autograd")
+
+# The memory estimate of one vector in a vmap-ed chunk of vector–Jacobian products, in copies of the batch
+# state: the basis vector or probe, its product with the Jacobian, the gathered diagonal, and the batched
+# intermediates of the model's backward pass. A guess that holds for small models; for a large network
+# pass chunk_size explicitly.
+_COPIES_PER_VECTOR = 8
+_LOG_128 = math.log(128.0)
+
+
+@dataclass
+class LikelihoodResult:
+    """Result of :func:`log_likelihood` (per-sample tensors of shape ``(B,)`` in the compute dtype).
+
+    Attributes:
+        log_prob: ``log p_{t_start}(x)`` in nats: ``prior_log_prob + delta`` (for Hutchinson, the mean over
+            probes).
+        prior_log_prob: ``log p_T(x_T)`` under the prior.
+        delta: ``∫_{t_start}^{T} div f̃ dt`` (for Hutchinson, the mean over probes).
+        latent: ``x_T``, the end point of the probability-flow trajectory (the input's shape).
+        stats: ``nfe`` (drift evaluations of the augmented ODE), ``model_evals``, ``n_steps``,
+            ``n_accepted``, ``n_rejected``, ``wall_time`` (seconds), ``solver``, ``divergence``,
+            ``backend``, ``vjps_per_eval``, ``chunk_size``, ``t_start``, ``t_end`` and, where a generator was
+            created, its ``seed``.
+        stderr: Hutchinson only: the standard error of ``log_prob`` over the probes
+            (``std(ddof=1)/sqrt(n_probes)``; NaN for one probe); None for the exact divergence.
+        delta_per_probe: Hutchinson only: ``(n_probes, B)``, the integral of each probe.
+    """
+
+    log_prob: torch.Tensor
+    prior_log_prob: torch.Tensor
+    delta: torch.Tensor
+    latent: torch.Tensor
+    stats: dict = field(default_factory=dict)
+    stderr: torch.Tensor | None = None
+    delta_per_probe: torch.Tensor | None = None
+
+
+@dataclass
+class BitsPerDimResult:
+    """Result of :func:`bits_per_dim`.
+
+    Attributes:
+        bpd: per-image bits per dimension, ``(B,)``, averaged over the dequantization draws.
+        mean: the mean of ``bpd`` over the batch.
+        stderr: its standard error over the batch (``std(ddof=1)/sqrt(B)``; NaN for one image).
+        bpd_per_draw: ``(n_dequant, B)``, one value per dequantization draw.
+        likelihood: the :class:`LikelihoodResult` of the dequantized, rescaled batch of
+            ``n_dequant · B`` samples (draw-major: sample ``j · B + b`` is draw ``j`` of image ``b``).
+    """
+
+    bpd: torch.Tensor
+    mean: float
+    stderr: float
+    bpd_per_draw: torch.Tensor
+    likelihood: LikelihoodResult
+
+
+# --- divergence estimators ------------------------------------------------------------------------------
+class _TraceEstimator:
+    """Evaluates the score and ``n`` per-sample linear functionals of its Jacobian ``J`` at one time.
+
+    Called with the flattened score function and ``y`` (B, D); returns ``(score (B, D), forms (n, B))``: the
+    trace (``n = 1``, :class:`_ExactTrace`) or one quadratic form per probe (:class:`_HutchinsonForms`), both
+    from batches of vector–Jacobian products ``vᵀ J``. Backend ``"auto"`` tries ``torch.func`` and falls back,
+    once and for the rest of the solve, to a loop of ``torch.autograd.grad``.
+    """
+
+    def __init__(self, backend: str, chunk_size: int):
+        self.backend = backend
+        self.chunk_size = chunk_size
+
+    def __call__(self, score_flat: Callable, y: torch.Tensor):
+        if self.backend in ("auto", "func"):
+            try:
+                out = self._func(score_flat, y)
+            except (RuntimeError, NotImplementedError) as err:
+                if self.backend == "func":
+                    raise
+                warnings.warn(
+                    f"torch.func could not differentiate the model ({type(err).__name__}: {err}); "
+                    "falling back to a loop of torch.autograd.grad (slower)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.backend = "autograd"
+            else:
+                self.backend = "func"
+                return out
+        return self._autograd(score_flat, y)
+
+    def _func(self, score_flat, y):
+        score, pullback = torch.func.vjp(score_flat, y)
+        batched_pullback = torch.func.vmap(pullback)
+        return score, self._reduce(lambda v: batched_pullback(v)[0], y)
+
+    def _autograd(self, score_flat, y):
+        with torch.enable_grad():
+            yg = y.detach().requires_grad_(True)
+            score = score_flat(yg)
+
+            def rows(v):  # one vector–Jacobian product at a time, keeping the graph
+                return torch.stack([torch.autograd.grad(score, yg, vi, retain_graph=True)[0] for vi in v])
+
+            forms = self._reduce(rows, y)
+        return score.detach(), forms
+
+    def _reduce(self, rows: Callable, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _ExactTrace(_TraceEstimator):
+    """``tr J`` per sample from the ``D`` basis vectors ``e_i`` (each applied to every sample at once)."""
+
+    def _reduce(self, rows, y):
+        batch, dim = y.shape
+        trace = torch.zeros(batch, dtype=y.dtype, device=y.device)
+        for start in range(0, dim, self.chunk_size):
+            idx = torch.arange(start, min(dim, start + self.chunk_size), device=y.device)
+            pos = torch.arange(idx.numel(), device=y.device)
+            basis = torch.zeros(idx.numel(), batch, dim, dtype=y.dtype, device=y.device)
+            basis[pos, :, idx] = 1.0
+            trace = trace + rows(basis)[pos, :, idx].sum(0)  # (e_iᵀ J)_i summed over the chunk
+        return trace[None]
+
+
+class _HutchinsonForms(_TraceEstimator):
+    """``ε_pᵀ J ε_p`` per sample for each fixed probe ``ε_p`` (``probes``: ``(n_probes, B, D)``)."""
+
+    def __init__(self, backend: str, chunk_size: int, probes: torch.Tensor):
+        super().__init__(backend, chunk_size)
+        self.probes = probes
+
+    def _reduce(self, rows, y):
+        out = []
+        for start in range(0, self.probes.shape[0], self.chunk_size):
+            eps = self.probes[start:start + self.chunk_size]
+            out.append((rows(eps) * eps).sum(-1))
+        return torch.cat(out)
+
+
+# --- the augmented ODE ------------------------------------------------------------------------------------
+class _AugmentedFlow(ODE):
+    """The PF-ODE on flattened ``x`` (B, D) followed by ``n`` integrals ``ℓ`` (B, n), stored as ``(w_x x, w_ℓ ℓ)``.
+
+    ``solve`` controls the RMS of the error ratios over the whole state, in which ``n`` integrals would weigh
+    ``n/(D + n)`` (and ``x`` only ``D/(D + n)`` when many probes are carried). The weights
+    ``w_x = sqrt((D + n)/D)`` and ``w_ℓ = sqrt((D + n)/n)`` make the mean square of the ratios the sum of the two
+    groups' mean squares (where ``atol`` dominates the error scale), so both the trajectory and the integrals
+    are held to the requested tolerance whatever ``D`` and ``n_probes``.
+    """
+
+    def __init__(self, model, process, sample_shape, estimator, linear_forms, cond, t_start):
+        super().__init__()
+        self.model, self.process, self.cond = model, process, cond
+        self.sample_shape = tuple(sample_shape)
+        self.dim = math.prod(self.sample_shape)
+        self.estimator = estimator
+        self.linear_forms = linear_forms  # (n, B): what multiplies f(t) in each divergence (D, or |ε_p|²)
+        n = linear_forms.shape[0]
+        self.weight_x = math.sqrt((self.dim + n) / self.dim)
+        self.weight_int = math.sqrt((self.dim + n) / n)
+        self.t_start = t_start
+
+    def pack(self, x_flat: torch.Tensor, integrals: torch.Tensor) -> torch.Tensor:
+        """The solver's state from ``x`` (B, D) and the integrals (n, B)."""
+        return torch.cat([self.weight_x * x_flat, self.weight_int * integrals.T], dim=1)
+
+    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return state[:, :self.dim] / self.weight_x, state[:, self.dim:].T / self.weight_int
+
+    def drift(self, t, state):
+        batch, dim = state.shape[0], self.dim
+        y = state[:, :dim] / self.weight_x
+
+        def score_flat(v):
+            return self.model.score(v.reshape(batch, *self.sample_shape), t, **self.cond).reshape(batch, dim)
+
+        score, forms = self.estimator(score_flat, y)
+        f = bcast(self.process.f(t), y)
+        half_g2 = 0.5 * bcast(self.process.g2(t), y)
+        dx = f * y - half_g2 * score
+        ddiv = f * self.linear_forms - half_g2 * forms  # (n, B)
+        if float(t) == self.t_start and not (bool(torch.isfinite(dx).all()) and bool(torch.isfinite(ddiv).all())):
+            sigma = float(self.process.sigma(t))
+            raise FloatingPointError(
+                f"the probability-flow drift or its divergence is not finite at t_start = {self.t_start:g} "
+                f"(sigma = {sigma:.3g}); a model with a score that divides by sigma needs t_start > 0"
+            )
+        return self.pack(dx, ddiv)
+
+
+# --- argument handling ------------------------------------------------------------------------------------
+def _check_input(model, x, process):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} (for 8-bit images use bits_per_dim)")
+    if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"x must be batch-first of shape (B, *sample_shape) with B >= 1, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"x contains {n_bad} NaN/Inf value(s)")
+    sample_shape = getattr(model, "sample_shape", None)
+    if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"x has sample shape {tuple(x.shape[1:])} but the model takes {tuple(sample_shape)}")
+    if not hasattr(model, "score"):
+        raise TypeError(f"model must have a score(x, t) method (e.g. a ScoreModel), got {type(model).__name__}")
+    process = process if process is not None else getattr(model, "process", None)
+    if not isinstance(process, DiffusionProcess):
+        raise TypeError("the model has no DiffusionProcess as .process; pass process=")
+    return process
+
+
+def _check_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _chunk(n_vectors, batch, dim, dtype, chunk_size, memory_budget_bytes):
+    if chunk_size is not None:
+        _check_int(chunk_size, "chunk_size")
+        return min(chunk_size, n_vectors)
+    per_vector = batch * dim * torch.finfo(dtype).bits // 8 * _COPIES_PER_VECTOR
+    return max(1, min(n_vectors, memory_budget_bytes // per_vector))
+
+
+def _new_generator(device) -> tuple[torch.Generator, int]:
+    gen = torch.Generator(device=device)
+    seed = gen.seed()  # from a non-deterministic source; the global RNG is not touched
+    return gen, seed
+
+
+def _probes(kind, n_probes, batch, dim, generator, dtype, device):
+    shape = (n_probes, batch, dim)
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    signs = torch.randint(0, 2, shape, generator=generator, device=device)
+    return (2 * signs - 1).to(dtype)
+
+
+# --- public API -------------------------------------------------------------------------------------------
+def log_likelihood(
+    model,
+    x: torch.Tensor,
+    divergence: str = "exact",
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver="dopri5",
+    steps: int | None = None,
+    spacing: str = "log_snr",
+    max_steps: int = 100_000,
+    controller: PIController | None = None,
+    t_start: float | None = None,
+    prior: str | Callable[[torch.Tensor], torch.Tensor] = "process",
+    dtype: torch.dtype | None = None,
+    process: DiffusionProcess | None = None,
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = 2**30,
+    exact_max_dim: int = 4096,
+    backend: str = "auto",
+    cond: dict | None = None,
+    progress: bool = False,
+) -> LikelihoodResult:
+    """Per-sample ``log p_{t_start}(x)`` in nats by the probability-flow ODE and the instantaneous change of
+    variables (Chen et al. 2018; Grathwohl et al. 2019; Song et al. 2021, appendix D.2).
+
+    Integrates ``d(x, ℓ)/dt = (f(t) x - ½ g(t)² score(x, t), div)`` from ``t_start`` to ``T = process.t_max``
+    and returns ``log p_T(x_T) + ℓ(T)``. The result is the density of ``x`` under ``p_{t_start}``, the data
+    distribution noised to ``t_start`` (``x_{t_start} = alpha x_0 + sigma eps``), not under ``p_0``: with the
+    default ``t_start = process.t_min`` (1e-3 for VP, sigma ≈ 0.01) this is the usual convention of score_sde.
+    ``t_start = 0`` asks for the clean-data density (sigma = 0 for VP/sub-VP), which only a model with a
+    finite score at sigma = 0 provides.
+
+    Args:
+        model: a :class:`~sdekit.models.ScoreModel` (anything with ``score(x, t, **cond)`` and ``process``).
+        x: data, batch first, any sample shape; finite floating point.
+        divergence: ``"exact"`` (full Jacobian trace; ``D`` vector–Jacobian products per evaluation) or
+            ``"hutchinson"`` (``n_probes`` products per evaluation; unbiased, with a standard error).
+        rtol, atol, max_steps: tolerances and step limit of the adaptive controller (a
+            :class:`~sdekit.solve.PIController`; or pass ``controller`` to set every option).
+        solver: a registry name or :class:`~sdekit.solvers.Solver`: adaptive (``"dopri5"``, ``"bosh3"``)
+            without ``steps``, any ODE solver with ``steps``.
+        steps, spacing: solve on a fixed grid of ``steps`` steps instead of adaptively, spaced by
+            :func:`sdekit.schedules.time_grid`: ``"log_snr"`` (uniform in the half log-SNR; the default, good
+            for every process), ``"time"``, ``"quadratic"`` or ``"karras"``. ``"log_snr"`` and ``"karras"``
+            need ``sigma(t_start) > 0``.
+        t_start: the time whose density is returned (default ``process.t_min``).
+        prior: ``"process"`` (``N(0, prior_std² I)``, the process's prior at ``T``) or a callable
+            ``log_p(x_T) -> (B,)`` (e.g. an exact marginal, which removes the prior-mismatch error).
+        dtype: compute dtype (default ``x.dtype``); ``torch.float64`` is recommended for tolerances below
+            about 1e-6, and the model must accept it.
+        process: overrides ``model.process``.
+        n_probes, probe: Hutchinson's number of probes and their law, ``"rademacher"`` (the smaller variance
+            for a given Jacobian; exact for a diagonal one) or ``"gaussian"``.
+        generator: the ``torch.Generator`` the probes are drawn from (once, before the solve); by default a
+            new one seeded from a non-deterministic source (its seed is in ``stats["seed"]``).
+        chunk_size: vectors per ``vmap``-ed batch of vector–Jacobian products; by default the most that fit
+            ``memory_budget_bytes`` under an estimate of ``8 · B · D · itemsize`` bytes per vector.
+        exact_max_dim: the largest ``D`` for which the exact divergence is allowed.
+        backend: ``"func"`` (``torch.func``), ``"autograd"`` (a loop of ``torch.autograd.grad``) or ``"auto"``
+            (``torch.func``, falling back to the loop with a warning when the model cannot be traced).
+        cond: keyword arguments for every model call (e.g. class labels).
+        progress: show the solve's progress bar.
+
+    Returns:
+        a :class:`LikelihoodResult` (detached: no gradient flows back to ``x`` or the model's parameters).
+
+    Raises:
+        ValueError: bad input (NaN/Inf, wrong sample shape, unknown names, ``n_probes < 1``, ``t_start`` out
+            of range) or a dimension too large for the exact trace (use ``divergence="hutchinson"``).
+        RuntimeError: the adaptive solve exceeded ``max_steps``.
+    """
+    start_time = time.perf_counter()
+    check_choice(divergence, "divergence", DIVERGENCES)
+    check_choice(probe, "probe", PROBES)
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(spacing, "spacing", SPACINGS)
+    _check_int(n_probes, "n_probes")
+    _check_int(max_steps, "max_steps")
+    _check_int(exact_max_dim, "exact_max_dim")
+    _check_int(memory_budget_bytes, "memory_budget_bytes")
+    if steps is not None:
+        _check_int(steps, "steps")
+    process = _check_input(model, x, process)
+    if prior != "process" and not callable(prior):
+        raise ValueError(f"prior must be 'process' or a callable log-density, got {prior!r}")
+    dtype = dtype or x.dtype
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    t_end = float(process.t_max)
+    t_start = float(process.t_min if t_start is None else t_start)
+    if not (math.isfinite(t_start) and process.t_domain_min <= t_start < t_end):
+        raise ValueError(f"t_start={t_start:g} must lie in [{process.t_domain_min:g}, {t_end:g}) for {process!r}")
+
+    batch, sample_shape = x.shape[0], tuple(x.shape[1:])
+    dim = math.prod(sample_shape)
+    device = x.device
+    y0 = x.detach().to(dtype).reshape(batch, dim)
+    stats: dict = {}
+    if divergence == "exact":
+        n_vectors = dim
+        if dim > exact_max_dim:
+            raise ValueError(
+                f"the exact divergence needs D = {dim} vector-Jacobian products per model evaluation, more than "
+                f"exact_max_dim = {exact_max_dim}; use divergence='hutchinson' (n_probes products per evaluation, "
+                "unbiased, with a standard error) or raise exact_max_dim"
+            )
+        one_vector = batch * dim * torch.finfo(dtype).bits // 8 * _COPIES_PER_VECTOR
+        if chunk_size is None and one_vector > memory_budget_bytes:
+            raise ValueError(
+                f"the exact divergence of D = {dim} for a batch of {batch} needs about {one_vector} bytes per "
+                f"basis vector, more than memory_budget_bytes = {memory_budget_bytes}; use "
+                "divergence='hutchinson', a smaller batch, or a larger memory_budget_bytes / explicit chunk_size"
+            )
+        chunk = _chunk(n_vectors, batch, dim, dtype, chunk_size, memory_budget_bytes)
+        estimator = _ExactTrace(backend, chunk)
+        linear_forms = torch.full((1, batch), float(dim), dtype=dtype, device=device)
+    else:
+        n_vectors = n_probes
+        if generator is None:
+            generator, stats["seed"] = _new_generator(device)
+        probes = _probes(probe, n_probes, batch, dim, generator, dtype, device)
+        chunk = _chunk(n_vectors, batch, dim, dtype, chunk_size, memory_budget_bytes)
+        estimator = _HutchinsonForms(backend, chunk, probes)
+        linear_forms = (probes * probes).sum(-1)  # εᵀ (f I) ε = f |ε|²
+    flow = _AugmentedFlow(model, process, sample_shape, estimator, linear_forms, cond or {}, t_start)
+    state0 = flow.pack(y0, torch.zeros_like(linear_forms))
+
+    solver = get_solver(solver)
+    model_evals0 = getattr(model, "nfe", None)
+    with torch.no_grad():
+        if steps is not None:
+            ts = time_grid(process, steps, spacing, t_start=t_end, t_end=t_start).flip(0)
+            sol = solve(flow, state0, solver, ts=ts, progress=progress)
+        else:
+            if not solver.adaptive:
+                raise ValueError(f"solver {solver.name!r} has no error estimate: give steps=N for a fixed grid, or "
+                                 "use an adaptive solver ('dopri5', 'bosh3')")
+            controller = controller or PIController(rtol=rtol, atol=atol, max_steps=max_steps)
+            try:
+                sol = solve(flow, state0, solver, t0=t_start, t1=t_end, controller=controller, progress=progress)
+            except RuntimeError as err:
+                if "max_steps" in str(err) or "underflow" in str(err):
+                    raise RuntimeError(
+                        f"log_likelihood: the probability-flow solve from t = {t_start:g} to {t_end:g} failed "
+                        f"(rtol={controller.rtol:g}, atol={controller.atol:g}): {err}"
+                    ) from err
+                raise
+        latent_flat, integrals = flow.unpack(sol.x)  # (B, D), (n, B)
+        latent = latent_flat.reshape(batch, *sample_shape)
+        prior_log_prob = process.prior_log_prob(latent) if prior == "process" else prior(latent)
+    prior_log_prob = torch.as_tensor(prior_log_prob).to(dtype=dtype, device=device)
+    if prior_log_prob.shape != (batch,):
+        raise ValueError(f"the prior returned shape {tuple(prior_log_prob.shape)}; expected ({batch},)")
+
+    delta = integrals.mean(0)
+    stderr = None
+    delta_per_probe = None
+    if divergence == "hutchinson":
+        delta_per_probe = integrals
+        stderr = (integrals.std(0, correction=1) / math.sqrt(n_probes) if n_probes > 1
+                  else torch.full((batch,), math.nan, dtype=dtype, device=device))
+    stats.update(sol.stats)
+    stats.update(
+        model_evals=(model.nfe - model_evals0) if model_evals0 is not None else None,
+        wall_time=time.perf_counter() - start_time,
+        divergence=divergence,
+        backend=estimator.backend,
+        vjps_per_eval=n_vectors,
+        chunk_size=chunk,
+        t_start=t_start,
+        t_end=t_end,
+    )
+    return LikelihoodResult(
+        log_prob=prior_log_prob + delta,
+        prior_log_prob=prior_log_prob,
+        delta=delta,
+        latent=latent,
+        stats=stats,
+        stderr=stderr,
+        delta_per_probe=delta_per_probe,
+    )
+
+
+def nats_to_bits_per_dim(log_prob_x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bits per dimension of 8-bit data from the log-density of its [-1, 1] image ``x = y/128 - 1``.
+
+    With ``y = pixels + u ∈ [0, 256)^D``, ``log p_y(y) = log p_x(x) + D log(dx/dy) = log p_x(x) - D log 128``,
+    so ``bpd = -log p_y/(D ln 2) = -log p_x(x)/(D ln 2) + 7``.
+    """
+    return -(log_prob_x - dim * _LOG_128) / (dim * math.log(2.0))
+
+
+def bits_per_dim(
+    model,
+    images: torch.Tensor,
+    *,
+    n_dequant: int = 1,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    **options,
+) -> BitsPerDimResult:
+    """Bits per dimension of 8-bit images under a diffusion model on [-1, 1] data, with uniform dequantization
+    (Theis et al. 2016; the convention of DDPM and score_sde).
+
+    Derivation: the pixels ``k ∈ {0, …, 255}^D`` are dequantized to ``y = k + u``, ``u ~ U[0, 1)^D``, and
+    mapped to the model's space by ``x = 2y/256 - 1 = y/128 - 1 ∈ [-1, 1)``. The map has Jacobian determinant
+    ``128^{-D}``, so ``log p_y(y) = log p_x(x) - D log 128``. By Jensen's inequality
+    ``log P(k) = log ∫_{[0,1)^D} p_y(k + u) du ≥ E_u[log p_y(k + u)]``, so
+
+        bpd = -E_u[log p_y(k + u)] / (D ln 2) = -E_u[log p_x(x)] / (D ln 2) + log2(128)
+
+    is an upper bound (in expectation) on the discrete negative log-likelihood ``-log2 P(k)/D``: the constant
+    is exactly 7 bits (a density uniform on [-1, 1)^D gives 1 + 7 = 8 bits, the uniform law on 256 levels).
+    ``E_u`` is estimated with ``n_dequant`` draws per image.
+
+    Args:
+        model: a score model on [-1, 1]-scaled data (see :func:`log_likelihood`).
+        images: integer pixel levels in [0, 255], batch first (uint8 or floating point).
+        n_dequant: dequantization draws per image; all ``n_dequant · B`` samples are solved in one batch.
+        generator: draws the dequantization noise ``u = torch.rand((n_dequant, *images.shape))`` first, then any
+            Hutchinson probes; by default a new one from a non-deterministic seed.
+        dtype: compute dtype (default float32 for integer images, else the images' dtype).
+        options: passed to :func:`log_likelihood` (``divergence``, ``rtol``, ``atol``, ``n_probes``, ``prior``,
+            ``t_start``, ...).
+
+    Returns:
+        a :class:`BitsPerDimResult` (per-image bpd, its mean and standard error over the batch).
+    """
+    _check_int(n_dequant, "n_dequant")
+    images = torch.as_tensor(images)
+    if images.ndim < 2 or images.shape[0] < 1:
+        raise ValueError(f"images must be batch-first of shape (B, *sample_shape), got {tuple(images.shape)}")
+    if dtype is None:
+        dtype = images.dtype if images.is_floating_point() else torch.float32
+    levels = images.to(torch.float64)
+    if not bool(torch.isfinite(levels).all()):
+        raise ValueError("images contain NaN/Inf")
+    if bool((levels < 0).any()) or bool((levels > 255).any()) or bool((levels != levels.round()).any()):
+        raise ValueError(
+            f"images must hold integer pixel levels 0..255, got values in [{float(levels.min()):g}, "
+            f"{float(levels.max()):g}] (integers: {bool((levels == levels.round()).all())}); "
+            "convert [0, 1] or [-1, 1] data back to 0..255 first"
+        )
+    seed = None
+    if generator is None:
+        generator, seed = _new_generator(images.device)
+    batch = images.shape[0]
+    dim = images[0].numel()
+    u = torch.rand((n_dequant, *images.shape), generator=generator, dtype=dtype, device=images.device)
+    x = (images.to(dtype) + u) / 128 - 1
+    result = log_likelihood(model, x.reshape(n_dequant * batch, *images.shape[1:]), generator=generator,
+                            dtype=dtype, **options)
+    if seed is not None:
+        result.stats["seed"] = seed
+    per_draw = nats_to_bits_per_dim(result.log_prob, dim).reshape(n_dequant, batch)
+    bpd = per_draw.mean(0)
+    mean = float(bpd.mean())
+    stderr = float(bpd.std(correction=1)) / math.sqrt(batch) if batch > 1 else math.nan
+    return BitsPerDimResult(bpd=bpd, mean=mean, stderr=stderr, bpd_per_draw=per_draw, likelihood=result)
+
+
+__all__ = ["log_likelihood", "bits_per_dim", "nats_to_bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
+           "DIVERGENCES", "PROBES"]

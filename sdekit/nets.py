@@ -1,0 +1,457 @@
+"""Score networks: a time-conditioned residual MLP for low-dimensional data and a compact UNet for images.
+
+Both are called as ``net(x, t, y=None)`` -- the convention of :class:`~sdekit.models.ScoreModel` -- with
+``t`` a per-sample ``(B,)`` tensor (or a scalar) in the network's time convention, and return a tensor of
+``x``'s shape: whatever the network was trained to predict (``eps``, ``x0`` or ``v``).
+
+- :class:`MLPScoreNet`: ``(B, dim)`` data; sinusoidal or random-Fourier time embedding; pre-norm residual
+  blocks, each conditioned on the time embedding (Ho et al. 2020; Tancik et al. 2020 for Fourier features).
+- :class:`UNet`: ``(B, C, H, W)`` images; residual blocks with GroupNorm and a scale-shift time
+  conditioning, self-attention at the chosen resolutions and in the middle, skip connections between the
+  down and up paths (the DDPM UNet of Ho et al. 2020 with the scale-shift norm of Nichol & Dhariwal 2021).
+
+Class conditioning (``num_classes=K``): labels ``0..K-1``; label ``K`` is the *null* class of
+classifier-free guidance (Ho & Salimans 2021), and ``y=None`` means the null class for the whole batch.
+:class:`ClassifierFreeGuidance` evaluates conditional and unconditional predictions in one batched call.
+
+Every network keeps its constructor arguments in :attr:`config`, so ``build(type(net).__name__,
+**net.config)`` rebuilds it (this is what :mod:`sdekit.zoo` stores next to the weights).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "ClassifierFreeGuidance",
+    "FourierEmbedding",
+    "MLPScoreNet",
+    "SinusoidalEmbedding",
+    "UNet",
+    "build",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Time embeddings
+# ----------------------------------------------------------------------------------------------------
+
+
+class SinusoidalEmbedding(nn.Module):
+    """``[cos(w_k u), sin(w_k u)]`` with ``w_k = max_period^(-k/half)``, ``u = time_scale · t`` (Vaswani et al.
+    2017, as used for time in Ho et al. 2020). ``time_scale = 1000`` maps ``t ∈ [0, 1]`` onto the range of
+    DDPM indices, where these frequencies are meant to work."""
+
+    def __init__(self, dim: int, time_scale: float = 1000.0, max_period: float = 10000.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"embedding dim must be an even number >= 2, got {dim}")
+        self.dim, self.time_scale, self.max_period = dim, float(time_scale), float(max_period)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        k = torch.arange(half, device=t.device, dtype=t.dtype)
+        freqs = torch.exp(-math.log(self.max_period) * k / half)
+        u = (self.time_scale * t)[:, None] * freqs[None]
+        return torch.cat([torch.cos(u), torch.sin(u)], dim=-1)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features ``[sin(2π W u), cos(2π W u)]``, ``W ~ N(0, scale²)`` fixed at construction
+    from ``seed``, ``u = time_scale · t`` (Tancik et al. 2020; the Gaussian Fourier projection of Song et al.
+    2021). ``W`` is a buffer, so it travels with the state dict."""
+
+    def __init__(self, dim: int, scale: float = 16.0, time_scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"embedding dim must be an even number >= 2, got {dim}")
+        self.dim, self.scale, self.time_scale = dim, float(scale), float(time_scale)
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.randn(dim // 2, generator=gen) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        u = 2 * math.pi * (self.time_scale * t)[:, None] * self.weight.to(t.dtype)[None]
+        return torch.cat([torch.sin(u), torch.cos(u)], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared input checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_time(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a ``(B,)`` tensor in ``x``'s dtype (a scalar is broadcast over the batch)."""
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got shape {tuple(t.shape)}")
+    return t.to(dtype=x.dtype, device=x.device)
+
+
+def _check_labels(y, batch: int, num_classes: int | None, device) -> torch.Tensor | None:
+    """Labels as a ``(B,)`` long tensor; ``None`` is the null class ``num_classes``."""
+    if num_classes is None:
+        if y is not None:
+            raise ValueError("this network is unconditional (num_classes=None) but labels y were given")
+        return None
+    if y is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    y = torch.as_tensor(y, device=device)
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
+    if y.ndim == 0:
+        y = y.expand(batch)
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must be a scalar or of shape ({batch},), got shape {tuple(y.shape)}")
+    if y.device.type == "cpu":
+        if y.numel() and bool(((y < 0) | (y > num_classes)).any()):
+            bad = int(y[(y < 0) | (y > num_classes)][0])
+            raise ValueError(
+                f"label {bad} is out of range: expected 0..{num_classes - 1}, or {num_classes} for the null "
+                "class (unconditional)"
+            )
+    elif hasattr(torch, "_assert_async"):  # no host synchronisation on accelerators
+        torch._assert_async(((y >= 0) & (y <= num_classes)).all(), f"labels must lie in 0..{num_classes}")
+    return y.long()
+
+
+def _time_embedding(kind: str, dim: int, time_scale: float | None, fourier_scale: float) -> nn.Module:
+    if kind == "sinusoidal":
+        return SinusoidalEmbedding(dim, 1000.0 if time_scale is None else time_scale)
+    if kind == "fourier":
+        return FourierEmbedding(dim, fourier_scale, 1.0 if time_scale is None else time_scale)
+    raise ValueError(f"unknown time_embedding {kind!r}; allowed: 'sinusoidal', 'fourier'")
+
+
+# ----------------------------------------------------------------------------------------------------
+# MLP
+# ----------------------------------------------------------------------------------------------------
+
+
+class _MLPBlock(nn.Module):
+    """Pre-norm residual block: ``h + W2 silu(W1 silu(LN h) + E temb)``; W2 starts at zero (identity block)."""
+
+    def __init__(self, hidden: int, emb_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(emb_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(F.silu(self.norm(h))) + self.emb(emb)
+        return h + self.fc2(F.silu(z))
+
+
+class MLPScoreNet(nn.Module):
+    """Time-conditioned residual MLP for ``(B, dim)`` data: ``net(x, t, y=None) -> (B, dim)``.
+
+    Args:
+        dim: data dimension.
+        hidden: width of the residual stream.
+        num_blocks: residual blocks.
+        time_embedding: ``"sinusoidal"`` or ``"fourier"`` (random Fourier features).
+        embed_dim: size of the raw time embedding (even).
+        time_scale: the embedding sees ``time_scale · t``; default 1000 for sinusoidal (``t ∈ [0, 1]``; use 1
+            for DDPM indices), 1 for Fourier (use ``1/N`` for indices).
+        fourier_scale: standard deviation of the Fourier frequencies.
+        num_classes: number of classes for conditioning (label ``num_classes`` is the null class), or None.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        num_blocks: int = 3,
+        time_embedding: str = "sinusoidal",
+        embed_dim: int = 64,
+        time_scale: float | None = None,
+        fourier_scale: float = 16.0,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if dim < 1 or hidden < 1 or num_blocks < 0:
+            raise ValueError(f"need dim >= 1, hidden >= 1, num_blocks >= 0; got {dim}, {hidden}, {num_blocks}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
+        self.time_embed = _time_embedding(time_embedding, embed_dim, time_scale, fourier_scale)
+        self.config = {
+            "dim": dim, "hidden": hidden, "num_blocks": num_blocks, "time_embedding": time_embedding,
+            "embed_dim": embed_dim, "time_scale": self.time_embed.time_scale, "fourier_scale": fourier_scale,
+            "num_classes": num_classes,
+        }
+        self.dim, self.num_classes = dim, num_classes
+        self.time_mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes is not None else None
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_MLPBlock(hidden, hidden) for _ in range(num_blocks))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected input of shape (B, {self.dim}), got {tuple(x.shape)}")
+        t = _check_time(t, x)
+        emb = self.time_mlp(self.time_embed(t).to(x.dtype))
+        labels = _check_labels(y, x.shape[0], self.num_classes, x.device)
+        if labels is not None:
+            emb = emb + self.label_embed(labels)
+        emb = F.silu(emb)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# UNet
+# ----------------------------------------------------------------------------------------------------
+
+_attention_impl = None
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q kᵀ/√d) v`` over (B, heads, N, d): sdekit.kernels' drop-in if it imports, else SDPA.
+
+    The kernel package is resolved on the first call (importing it may import Triton, which is slow).
+    """
+    global _attention_impl
+    if _attention_impl is None:
+        try:
+            from sdekit.kernels import attention as kernel_attention
+        except (ImportError, AttributeError):
+            kernel_attention = None
+        _attention_impl = kernel_attention if callable(kernel_attention) else F.scaled_dot_product_attention
+    return _attention_impl(q, k, v)
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-conv (zero-initialised), plus skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class _AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H·W positions, with a zero-initialised output projection."""
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the channel count {channels}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))  # (B, heads, HW, d)
+        out = _attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class UNet(nn.Module):
+    """Compact UNet for ``(B, C, H, W)`` images: ``net(x, t, y=None) -> (B, C, H, W)``.
+
+    Levels ``i = 0..L-1`` run at resolution ``H / 2^i`` with ``base_channels · channel_mults[i]`` channels;
+    each has ``num_res_blocks`` residual blocks (followed by self-attention where ``i`` is in
+    ``attention_levels``); the middle is res-attention-res at the lowest resolution. Downsampling is a
+    stride-2 convolution, upsampling nearest-neighbour plus a convolution; every down-path activation is
+    concatenated into the up path (Ho et al. 2020).
+
+    Args:
+        in_channels: C.
+        base_channels: channels of level 0.
+        channel_mults: channel multiplier per level; its length is the number of levels.
+        num_res_blocks: residual blocks per level on the down path (one more on the up path).
+        attention_levels: indices of levels with self-attention.
+        num_heads: attention heads.
+        groups: GroupNorm groups (must divide every channel count).
+        image_size: if given, inputs must be ``image_size × image_size``; else any H, W divisible by
+            ``2^(L-1)``.
+        time_scale: the sinusoidal embedding sees ``time_scale · t`` (1000 for ``t ∈ [0, 1]``, 1 for indices).
+        num_classes: number of classes for conditioning (label ``num_classes`` is the null class), or None.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[int, ...] = (1,),
+        num_heads: int = 1,
+        groups: int = 8,
+        image_size: int | None = None,
+        time_scale: float = 1000.0,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        channel_mults, attention_levels = tuple(channel_mults), tuple(attention_levels)
+        if in_channels < 1 or base_channels < 1 or not channel_mults or num_res_blocks < 1:
+            raise ValueError("need in_channels >= 1, base_channels >= 1, a non-empty channel_mults and "
+                             "num_res_blocks >= 1")
+        if any(not 0 <= i < len(channel_mults) for i in attention_levels):
+            raise ValueError(f"attention_levels {attention_levels} must index channel_mults {channel_mults}")
+        if any((base_channels * m) % groups for m in channel_mults):
+            widths = [base_channels * m for m in channel_mults]
+            raise ValueError(f"groups={groups} must divide every level's channel count {widths}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
+        self.config = {
+            "in_channels": in_channels, "base_channels": base_channels, "channel_mults": list(channel_mults),
+            "num_res_blocks": num_res_blocks, "attention_levels": list(attention_levels), "num_heads": num_heads,
+            "groups": groups, "image_size": image_size, "time_scale": float(time_scale), "num_classes": num_classes,
+        }
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.num_levels = len(channel_mults)
+        emb_dim = 4 * base_channels
+        self.time_embed = SinusoidalEmbedding(base_channels, time_scale)
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [base_channels]
+        ch = base_channels
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                out = base_channels * mult
+                self.down.append(self._stage(ch, out, emb_dim, groups, level in attention_levels, num_heads))
+                ch = out
+                skip_channels.append(ch)
+            if level < self.num_levels - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skip_channels.append(ch)
+        self.mid1 = _ResBlock(ch, ch, emb_dim, groups)
+        self.mid_attn = _AttentionBlock(ch, num_heads, groups)
+        self.mid2 = _ResBlock(ch, ch, emb_dim, groups)
+        self.up = nn.ModuleList()
+        for level in reversed(range(self.num_levels)):
+            out = base_channels * channel_mults[level]
+            for _ in range(num_res_blocks + 1):
+                self.up.append(self._stage(ch + skip_channels.pop(), out, emb_dim, groups,
+                                           level in attention_levels, num_heads))
+                ch = out
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(ch, ch, 3, padding=1)))
+        self.out_norm = nn.GroupNorm(groups, ch)
+        self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @staticmethod
+    def _stage(in_ch, out_ch, emb_dim, groups, attend, heads) -> nn.ModuleDict:
+        stage = nn.ModuleDict({"res": _ResBlock(in_ch, out_ch, emb_dim, groups)})
+        if attend:
+            stage["attn"] = _AttentionBlock(out_ch, heads, groups)
+        return stage
+
+    @staticmethod
+    def _run(stage: nn.ModuleDict, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = stage["res"](h, emb)
+        return stage["attn"](h) if "attn" in stage else h
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        size = "H, W" if self.image_size is None else f"{self.image_size}, {self.image_size}"
+        expected = f"(B, {self.in_channels}, {size})"
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape {expected}, got {tuple(x.shape)}")
+        if self.image_size is not None and tuple(x.shape[2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"expected input of shape {expected}, got {tuple(x.shape)}")
+        factor = 2 ** (self.num_levels - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"image height and width must be divisible by {factor} ({self.num_levels} levels), "
+                             f"got {tuple(x.shape[2:])}")
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        self._check_input(x)
+        t = _check_time(t, x)
+        emb = self.time_mlp(self.time_embed(t).to(x.dtype))
+        labels = _check_labels(y, x.shape[0], self.num_classes, x.device)
+        if labels is not None:
+            emb = emb + self.label_embed(labels)
+        emb = F.silu(emb)
+        h = self.inp(x)
+        skips = [h]
+        for stage in self.down:
+            h = self._run(stage, h, emb) if isinstance(stage, nn.ModuleDict) else stage(h)
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for stage in self.up:
+            if isinstance(stage, nn.ModuleDict):
+                h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb)
+            else:
+                h = stage(h)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Guidance and registry
+# ----------------------------------------------------------------------------------------------------
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """``(1 + w) · net(x, t, y) - w · net(x, t, null)`` in one batched call (Ho & Salimans 2021).
+
+    The combination is affine with weights summing to 1, so guiding the native prediction (eps, x0 or v)
+    is the same as guiding eps, and hence the score. ``y=None`` returns the unconditional prediction.
+    Wrap it in a :class:`~sdekit.models.ScoreModel` like the network itself; one call is one NFE.
+    """
+
+    def __init__(self, net: nn.Module, guidance_scale: float):
+        super().__init__()
+        num_classes = getattr(net, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("classifier-free guidance needs a class-conditional network (num_classes set)")
+        self.net, self.guidance_scale, self.num_classes = net, float(guidance_scale), num_classes
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        if y is None:
+            return self.net(x, t)
+        t = _check_time(t, x)
+        y = _check_labels(y, x.shape[0], self.num_classes, x.device)
+        null = torch.full_like(y, self.num_classes)
+        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        w = self.guidance_scale
+        return (1 + w) * cond - w * uncond
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet}
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture by name with its keyword arguments (e.g. a zoo sidecar's)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name](**kwargs)

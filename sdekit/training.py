@@ -1,0 +1,369 @@
+"""Training score networks by denoising score matching, and the data sets that need no download.
+
+**Loss.** With ``x_t = alpha(t) x0 + sigma(t) eps`` the DDPM simple loss (Ho et al. 2020) is
+``L = E_{t, x0, eps} ||eps_theta(x_t, t) - eps||²`` with ``t`` uniform on ``[t_min, t_max]`` (continuous time)
+or a uniform integer index (``time_input="index"``, a discrete schedule). Networks predicting ``x0`` or
+``v`` are trained on the same loss expressed in their own output (``weighting="eps"``, the default), since
+the errors are proportional at fixed ``(x_t, t)``:
+
+- x0: ``eps_hat - eps = -(alpha/sigma)(x0_hat - x0)``, so ``||eps_hat - eps||² = SNR · ||x0_hat - x0||²`` with
+  ``SNR = alpha²/sigma²``. SNR grows without bound as ``t -> 0`` (1e4 at ``t = 1e-3`` on the linear VP), so
+  the weight is clipped at ``snr_clip`` (default 100): the loss equals ``L`` wherever ``SNR <= snr_clip``.
+- v: ``eps = (sigma x + alpha v)/(alpha² + sigma²)``, so ``eps_hat - eps = alpha/(alpha² + sigma²) (v_hat - v)``
+  and ``||eps_hat - eps||² = alpha²/(alpha² + sigma²)² · ||v_hat - v||²`` (``= alpha² ||v_hat - v||²`` for VP;
+  bounded, no clipping). Conversely the plain v-MSE is ``(1 + SNR) ·`` the x0-MSE and ``(1 + 1/SNR) ·`` the
+  eps-MSE on VP.
+
+``weighting="target"`` is the plain MSE on the network's own target instead (for v on VP, the "SNR + 1"
+weighting of Salimans & Ho 2022 in x0 units). The reported loss is always the weighted per-coordinate mean.
+
+**Class conditioning.** Given labels, each label is replaced by the null class with probability
+``p_uncond`` so that the network also learns the unconditional score (classifier-free guidance).
+
+**Reproducibility.** One ``torch.Generator`` seeded from ``seed`` draws every minibatch, time, noise and
+label drop; the global RNG is never touched. A checkpoint (``.pt``: weights, EMA, optimiser, generator state,
+step, losses) resumes a run exactly where it stopped: an interrupted run continued from its checkpoint ends
+with the same weights as an uninterrupted one.
+
+**Data.** :func:`toy_data` (two moons, swiss roll, checkerboard) and :func:`digits` (scikit-learn's 8×8
+digits, 1,797 images, values 0..16 mapped to ``v/8 - 1`` in [-1, 1]; the last 297 are the test split).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ._utils import check_choice
+from .models import ScoreModel
+from .processes import DiffusionProcess
+
+__all__ = [
+    "DIGITS_TEST_SIZE",
+    "TOY_DATASETS",
+    "TrainConfig",
+    "TrainResult",
+    "diffusion_loss",
+    "digits",
+    "sample_times",
+    "toy_data",
+    "train",
+]
+
+TOY_DATASETS = ("moons", "swiss_roll", "checkerboard")
+DIGITS_TEST_SIZE = 297
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------
+
+
+def toy_data(name: str, n: int, *, seed: int = 0, noise: float | None = None) -> torch.Tensor:
+    """``n`` points of a 2-D toy distribution as a float32 ``(n, 2)`` tensor, reproducible from ``seed``.
+
+    - ``"moons"``: scikit-learn's two moons (``noise`` default 0.05), as generated (x in [-1, 2], y in
+      [-0.5, 1]).
+    - ``"swiss_roll"``: scikit-learn's swiss roll (``noise`` default 0.5), coordinates (x, z) divided by 5.
+    - ``"checkerboard"``: uniform on the 8 dark squares of a 4×4 board on [-2, 2]² (``noise`` unused).
+    """
+    check_choice(name, "toy data set", TOY_DATASETS)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if name == "moons":
+        from sklearn.datasets import make_moons
+
+        x, _ = make_moons(n, noise=0.05 if noise is None else noise, random_state=seed)
+        return torch.as_tensor(x, dtype=torch.float32)
+    if name == "swiss_roll":
+        from sklearn.datasets import make_swiss_roll
+
+        x, _ = make_swiss_roll(n, noise=0.5 if noise is None else noise, random_state=seed)
+        return torch.as_tensor(x[:, [0, 2]] / 5.0, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    # Pick a column 0..3 and a row of the same parity class, then a uniform point inside that square.
+    col = torch.randint(0, 4, (n,), generator=gen)
+    row = 2 * torch.randint(0, 2, (n,), generator=gen) + (col % 2)
+    u = torch.rand(n, 2, generator=gen)
+    return torch.stack([col + u[:, 0], row + u[:, 1]], dim=1).float() - 2.0
+
+
+def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8×8 handwritten digits: ``(images (N, 1, 8, 8) float32 in [-1, 1], labels (N,) long)``.
+
+    Pixel values ``v ∈ {0, …, 16}`` map to ``v/8 - 1``. ``split``: ``"train"`` (the first 1,500 images),
+    ``"test"`` (the last 297, held out for likelihoods) or ``"all"``.
+    """
+    check_choice(split, "split", ("train", "test", "all"))
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    labels = torch.as_tensor(bunch.target, dtype=torch.long)
+    cut = images.shape[0] - DIGITS_TEST_SIZE
+    if split == "train":
+        return images[:cut], labels[:cut]
+    if split == "test":
+        return images[cut:], labels[cut:]
+    return images, labels
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train` (all recorded in a zoo checkpoint's sidecar).
+
+    ``t_min``/``t_max`` default to the process's sampling range; ``time_input="index"`` draws integer
+    indices instead. ``warmup_steps`` ramps the learning rate linearly, then ``lr_schedule`` keeps it
+    (``"constant"``) or decays it to 0 along a half cosine (``"cosine"``); ``ema_decay`` is the EMA rate
+    (ramped up as ``min(ema_decay, (1 + k)/(10 + k))`` at step ``k`` so early averages forget the init).
+    """
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    prediction: str = "eps"
+    time_input: str = "t"
+    weighting: str = "eps"
+    snr_clip: float | None = 100.0
+    t_min: float | None = None
+    t_max: float | None = None
+    p_uncond: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def __post_init__(self):
+        check_choice(self.prediction, "prediction", ("eps", "x0", "v"))
+        check_choice(self.time_input, "time_input", ("t", "index"))
+        check_choice(self.weighting, "weighting", ("eps", "target"))
+        check_choice(self.lr_schedule, "lr_schedule", ("constant", "cosine"))
+        for name in ("steps", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def sample_times(process: DiffusionProcess, batch: int, *, generator: torch.Generator, time_input: str = "t",
+                 t_min: float | None = None, t_max: float | None = None) -> torch.Tensor:
+    """Training times, float64 ``(batch,)``: uniform on ``[t_min, t_max]``, or ``t_from_index`` of a uniform
+    integer index ``0..N-1`` for ``time_input="index"`` (a discrete schedule)."""
+    if time_input == "index":
+        if not getattr(process, "is_discrete", False):
+            raise ValueError("time_input='index' needs a discrete schedule (VP.from_betas / from_alphas_cumprod)")
+        idx = torch.randint(0, process.schedule.num_steps, (batch,), generator=generator)
+        return process.t_from_index(idx).to(torch.float64)
+    lo = process.t_min if t_min is None else float(t_min)
+    hi = process.t_max if t_max is None else float(t_max)
+    if not process.t_domain_min <= lo < hi <= process.t_max:
+        raise ValueError(f"need {process.t_domain_min:g} <= t_min < t_max <= {process.t_max:g}, got {lo:g}, {hi:g}")
+    return lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)
+
+
+def diffusion_loss(net, process: DiffusionProcess, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                   prediction: str = "eps", time_input: str = "t", weighting: str = "eps",
+                   snr_clip: float | None = 100.0, **cond) -> torch.Tensor:
+    """Per-sample denoising loss ``(B,)``: weighted mean over coordinates; see the module docstring.
+
+    ``t`` is continuous time (float64 preferred); ``noise`` is standard normal of ``x0``'s shape.
+    """
+    check_choice(prediction, "prediction", ("eps", "x0", "v"))
+    check_choice(weighting, "weighting", ("eps", "target"))
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+    t = t.to(device=x0.device)
+    alpha64, sigma64 = process.alpha(t).to(torch.float64), process.sigma(t).to(torch.float64)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    alpha, sigma = alpha64.to(x0.dtype).reshape(shape), sigma64.to(x0.dtype).reshape(shape)
+    x_t = alpha * x0 + sigma * noise
+    t_in = ScoreModel(net, process, prediction, time_input).net_time(t).to(x0.dtype)
+    out = net(x_t, t_in, **cond)
+    out = getattr(out, "sample", out)
+    if prediction == "eps":
+        target, weight = noise, torch.ones_like(alpha64)
+    elif prediction == "x0":
+        target = x0
+        weight = (alpha64 / sigma64) ** 2
+        if snr_clip is not None:
+            weight = weight.clamp(max=snr_clip)
+    else:
+        target = alpha * noise - sigma * x0
+        weight = (alpha64 / (alpha64**2 + sigma64**2)) ** 2
+    if weighting == "target":
+        weight = torch.ones_like(weight)
+    per_sample = (out - target).pow(2).reshape(x0.shape[0], -1).mean(dim=1)
+    return weight.to(per_sample.dtype) * per_sample
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the EMA network (eval mode), the raw network, the per-step losses,
+    the final loss (mean of the last 10% of steps), the wall-clock and process CPU time (each summed over
+    resumed runs; on a shared machine CPU time is the steadier measure) and the config."""
+
+    ema: nn.Module
+    net: nn.Module
+    losses: list[float]
+    final_loss: float
+    wall_time_s: float
+    cpu_time_s: float
+    config: TrainConfig
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), net.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), net.buffers()):
+        e.copy_(b)
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return config.lr
+
+
+def _save_state(path, net, ema, opt, gen, step, losses, times, config) -> None:
+    state = {
+        "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+        "generator": gen.get_state(), "step": step, "losses": losses, "wall_time_s": times[0],
+        "cpu_time_s": times[1], "config": asdict(config),
+    }
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+
+def train(net: nn.Module, process: DiffusionProcess, data: torch.Tensor, config: TrainConfig | None = None, *,
+          labels: torch.Tensor | None = None, checkpoint_path: str | os.PathLike | None = None,
+          resume: bool = True, progress: bool = False) -> TrainResult:
+    """Train ``net`` on ``data`` (``(N, *sample_shape)``) by the denoising loss, with Adam and an EMA.
+
+    Args:
+        net: a module called as ``net(x, t_in, **cond)`` (e.g. :class:`~sdekit.nets.MLPScoreNet`); trained
+            in place.
+        process: the diffusion process.
+        data: training set; minibatches are drawn with replacement.
+        config: :class:`TrainConfig` (defaults if None).
+        labels: optional ``(N,)`` integer labels, passed as ``y`` (dropped to the null class
+            ``net.num_classes`` with probability ``config.p_uncond``).
+        checkpoint_path: a ``.pt`` file written every ``config.checkpoint_every`` steps and at the end; with
+            ``resume`` and an existing file, training continues from it (the config must match).
+        progress: show a tqdm progress bar with the running loss.
+
+    Returns:
+        a :class:`TrainResult`; ``result.ema`` is the network to sample with.
+    """
+    config = config or TrainConfig()
+    if not isinstance(data, torch.Tensor) or data.ndim < 2:
+        raise ValueError("data must be a tensor of shape (N, *sample_shape)")
+    device = next(net.parameters()).device
+    data = data.to(device)
+    num_classes = None
+    if labels is not None:
+        num_classes = getattr(net, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("labels were given but the network has no num_classes")
+        labels = torch.as_tensor(labels, device=device).long()
+        if labels.shape != (data.shape[0],):
+            raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
+    gen = torch.Generator().manual_seed(config.seed)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, losses, wall_before, cpu_before = 0, [], 0.0, 0.0
+    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["config"] != asdict(config):
+            diff = {k: (state["config"].get(k), v) for k, v in asdict(config).items() if state["config"].get(k) != v}
+            allowed = {"steps", "checkpoint_every", "log_every"}  # extending a run is fine
+            if set(diff) - allowed:
+                raise ValueError(f"checkpoint {checkpoint_path} was made with other settings (saved, now): {diff}")
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, losses = state["step"], list(state["losses"])
+        wall_before, cpu_before = state["wall_time_s"], state["cpu_time_s"]
+
+    net.train()
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def times() -> tuple[float, float]:
+        return wall_before + time.perf_counter() - start, cpu_before + time.process_time() - cpu_start
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc="train", dynamic_ncols=True)
+    while step < config.steps:
+        idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=gen)
+        x0 = data[idx.to(device)]
+        t = sample_times(process, config.batch_size, generator=gen, time_input=config.time_input,
+                         t_min=config.t_min, t_max=config.t_max)
+        noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
+        cond = {}
+        if labels is not None:
+            y = labels[idx.to(device)]
+            drop = (torch.rand(config.batch_size, generator=gen) < config.p_uncond).to(device)
+            cond["y"] = torch.where(drop, torch.full_like(y, num_classes), y)
+        loss = diffusion_loss(net, process, x0, t, noise, prediction=config.prediction,
+                              time_input=config.time_input, weighting=config.weighting,
+                              snr_clip=config.snr_clip, **cond).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower lr")
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        opt.step()
+        _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                window = losses[-config.log_every:]
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+        if checkpoint_path is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+            _save_state(checkpoint_path, net, ema, opt, gen, step, losses, times(), config)
+    if bar is not None:
+        bar.close()
+    wall, cpu = times()
+    if checkpoint_path is not None:
+        _save_state(checkpoint_path, net, ema, opt, gen, step, losses, (wall, cpu), config)
+    tail = losses[-max(1, math.ceil(0.1 * len(losses))):] if losses else [float("nan")]
+    net.eval()
+    return TrainResult(ema=ema, net=net, losses=losses, final_loss=sum(tail) / len(tail), wall_time_s=wall,
+                       cpu_time_s=cpu, config=config)
