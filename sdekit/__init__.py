@@ -2,11 +2,11 @@
 
 from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
 from .brownian import BrownianPath, FreshNoise
+from .grid_opt import GridResult, optimize_grid
+from .likelihood import bits_per_dim, log_likelihood
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
-from .grid_opt import GridResult, optimize_grid
-from .likelihood import bits_per_dim, log_likelihood
 from .sampling import ClassifierFreeGuidance, sample
 from .schedules import time_grid
 from .sde import ODE, SDE, from_torchsde, to_torchsde

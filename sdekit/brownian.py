@@ -25,8 +25,8 @@ sequential queries along a grid cost one (two with Lévy area) normal draw per s
 
 Every query point is first snapped, by itself, to an exact dyadic fraction of the root: the shallowest node
 boundary at level l within ``min(1e-7, 1e-4 · 2^-l)`` of the root's length (so float32 grid times hit their
-cells), else the nearest point of level ``max_depth`` (resolution ``2^-max_depth``). Increments therefore add up exactly over any split, and
-two points closer than that resolution to the same boundary give a zero increment.
+cells), else the nearest point of level ``max_depth`` (resolution ``2^-max_depth``). Increments therefore add
+up exactly over any split, and two points snapped to the same boundary give a zero increment.
 """
 
 from __future__ import annotations

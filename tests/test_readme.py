@@ -3,10 +3,9 @@
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/solvers.md"])
