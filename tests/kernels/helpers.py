@@ -3,6 +3,7 @@ tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton."""
 
 import pytest
 import torch
+
 from sdekit.kernels import triton_available
 from sdekit.kernels._triton import interpreting
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sdekit.kernels import SelfAttention2d, attention, attention_reference
 
 from .helpers import skip_bfloat16_in_interpreter

@@ -7,6 +7,7 @@ import scipy.stats
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sdekit.kernels import combine, combine_reference
 
 from .helpers import CAN_RUN_TRITON, ON_GPU

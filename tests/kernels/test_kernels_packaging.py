@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from sdekit.kernels import _triton, attention, combine
 
 ROOT = Path(__file__).resolve().parents[2]
