@@ -1,0 +1,47 @@
+"""Testing tools for solvers: hypothesis strategies for problems with exact answers, and a conformance suite.
+
+- :mod:`sdekit.testing.strategies`: random problems with exact answers (linear ODEs and SDEs, OU, GBM,
+  Stuart–Landau, logistic, Riccati), diffusion processes with random parameters, Gaussian mixtures as exact
+  score models, non-uniform time grids, state shapes and dtypes; all shrink to small, readable cases.
+- :mod:`sdekit.testing.problems`: the builders behind them (``Problem`` with ``exact``, ``pathwise``,
+  ``mean``, ``covariance``).
+- :func:`check_solver`: every check that applies to a solver's declared capabilities (orders, exactness,
+  invariances, accounting), returning a :class:`Report`; :func:`assert_solver_conforms` for pytest.
+- :class:`ImpulseNoise` / :func:`exact_moments`: exact weak moments of a scheme on a linear SDE (no Monte-Carlo).
+- :class:`CountingProblem`: counts drift and diffusion evaluations.
+
+Needs hypothesis (``pip install 'sdekit[test]'``). See ``docs/testing.md``.
+"""
+
+from . import problems, strategies
+from .conformance import (
+    CHECKS,
+    PROFILES,
+    Case,
+    Check,
+    CheckFailed,
+    Context,
+    Failure,
+    Profile,
+    Report,
+    applicable_checks,
+    assert_solver_conforms,
+    capabilities,
+    check_solver,
+    hypothesis_settings,
+    measure_ode_order,
+    register_check,
+    unregister_check,
+)
+from .counting import CountingProblem
+from .noise import CastNoise, ImpulseNoise, MirrorNoise, NotAffineError, PaddedNoise, SequenceNoise, exact_moments
+from .problems import Problem
+
+__all__ = [
+    "strategies", "problems", "Problem",
+    "check_solver", "assert_solver_conforms", "applicable_checks", "capabilities", "Report", "Failure",
+    "CheckFailed", "Profile", "PROFILES", "hypothesis_settings", "CHECKS", "Check", "Context", "Case",
+    "register_check", "unregister_check", "measure_ode_order",
+    "ImpulseNoise", "SequenceNoise", "exact_moments", "NotAffineError", "MirrorNoise", "CastNoise", "PaddedNoise",
+    "CountingProblem",
+]
