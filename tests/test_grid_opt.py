@@ -8,7 +8,7 @@ from sdekit.analytic import GaussianMixture
 def test_optimized_grid_beats_standard_spacings_on_fresh_trajectories():
     p = sdekit.VP()
     m = GaussianMixture.preset("ring2d").model(p)
-    r = sdekit.optimize_grid(m, "dpmpp_2m", 6, n_pilot=64, n_fresh=128, max_evals=120, seed=1)
+    r = sdekit.optimize_grid(m, "dpmpp_2m", 6, n_pilot=48, n_fresh=96, max_evals=80, seed=1)
     assert r.rmse_pilot <= r.rmse_pilot_baseline
     # tuned on the pilots only; it must also hold on x_T it never saw (measured ~2-3x better at 10 steps)
     assert r.rmse_fresh < r.rmse_fresh_baseline
@@ -26,7 +26,9 @@ def test_index_models_get_index_grids_and_bad_input():
     exact = gmm.model(p)
     m = sdekit.ScoreModel(lambda x, i: exact.eps(x, p.t_from_index(i)), p, prediction="eps", time_input="index",
                           sample_shape=(2,))
-    r = sdekit.optimize_grid(m, "ddim", 4, n_pilot=16, n_fresh=16, max_evals=20)
+    # the discrete schedule's log alpha has 1000 kinks: a loose reference tolerance keeps DOP853 cheap; this
+    # test is about the index conversion, not accuracy
+    r = sdekit.optimize_grid(m, "ddim", 4, n_pilot=8, n_fresh=8, max_evals=10, reference_rtol=1e-3)
     torch.testing.assert_close(r.grid, p.index_from_t(r.t))
     with pytest.raises(ValueError, match="deterministic"):
         sdekit.optimize_grid(m, "ddpm", 4)
