@@ -92,6 +92,14 @@ class DiffusionSampler(Solver):
         return out
 
     def step(self, problem, t0, t1, x0, noise, state):
+        a1, s1, _ = self.coef(problem, state, t1)
+        if s1 == 0.0:
+            # a step onto sigma = 0 (lambda = inf): every first-order update here (DDIM, DPM-Solver(++)-1, the
+            # Euler step of EDM) lands exactly on alpha1 · D(x, t0); higher-order terms would divide by h = inf
+            d = state.get("d_next")
+            d = d if d is not None else self.model_out(problem, state, x0, t0, "x0")
+            state["k"] += 1
+            return d * a1, state, None
         z = None
         if noise is not None:
             z = noise / math.sqrt(abs(t1 - t0))
