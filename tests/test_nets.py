@@ -20,14 +20,7 @@ from sdekit.training import (
 
 from .helpers import DDPM_BETAS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread is faster, and on a busy machine extra OpenMP threads spin idle."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seeded(factory, seed=0):

@@ -63,6 +63,17 @@ class DiffusionSampler(Solver):
             st["coef"][t] = c
         return c
 
+    def data_step(self, problem, st, x, t0: float, t1: float, keep: int):
+        """Shared start of a data-prediction multistep step: the coefficients at both ends, D(x, t0) and the
+        history (lambda, D) with the newest entry appended, trimmed to ``keep`` entries."""
+        _, s0, l0 = self.coef(problem, st, t0)
+        a1, s1, l1 = self.coef(problem, st, t1)
+        d0 = self.model_out(problem, st, x, t0, "x0")
+        hist = st["hist"]
+        hist.append((l0, d0))
+        del hist[:-keep]
+        return s0, l0, a1, s1, l1, d0, hist
+
     @staticmethod
     def t_of_lambda(problem, lam: float) -> float:
         return float(problem.process.t_from_log_snr(_t(lam)))
@@ -303,12 +314,7 @@ class DPMSolverPPMultistep(DiffusionSampler):
         self.order = float(self.max_order if (variant == "taylor" or self.max_order <= 2) else 2)
 
     def _step(self, problem, t0, t1, x, z, st):
-        _, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        d0 = self.model_out(problem, st, x, t0, "x0")
-        hist = st["hist"]
-        hist.append((l0, d0))
-        del hist[:-3]
+        s0, l0, a1, s1, l1, d0, hist = self.data_step(problem, st, x, t0, t1, keep=3)
         order = _lower_order(st, self.max_order, self.lower_order_final)
         h = l1 - l0
         if self.warmup == "singlestep" and st["k"] == 0 and self.max_order == 3 and order == 1:
@@ -372,12 +378,7 @@ class DPMSolverPP2MSDE(DiffusionSampler):
         self.lower_order_final = bool(lower_order_final)
 
     def _step(self, problem, t0, t1, x, z, st):
-        _, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        d0 = self.model_out(problem, st, x, t0, "x0")
-        hist = st["hist"]
-        hist.append((l0, d0))
-        del hist[:-2]
+        s0, l0, a1, s1, l1, d0, hist = self.data_step(problem, st, x, t0, t1, keep=2)
         h = l1 - l0
         em2h = -math.expm1(-2 * h)  # 1 - e^{-2h}
         cx, cz = s1 / s0 * math.exp(-h), s1 * math.sqrt(em2h)
