@@ -48,6 +48,9 @@ def _main_order_keys(solver, caps):
     keys = ["ode/linear"] if ("ode" in caps and solver.order is not None) else []
     keys += [f"strong/{nt}" for nt in ("scalar", "diagonal", "additive", "general")
              if f"sde:{nt}" in caps and solver.strong_order_for(nt) is not None]
+    if isinstance(solver, DiffusionSampler) and "diffusion:ode" in caps and not getattr(solver, "adaptive_lambda",
+                                                                                            False):
+        keys += ["diffusion/vp", "diffusion/ddpm"]
     return keys
 
 
@@ -55,11 +58,16 @@ def _main_order_keys(solver, caps):
 def test_registered_solver_conforms(name):
     """The full ci-profile suite on every registered solver; its main order properties must have been measured."""
     report = check_solver(name)
-    if not report.checks:  # diffusion samplers: no generic capability; their checks are an extension point
-        pytest.skip(f"no conformance check applies to {name!r} yet: {report.notes}")
+    assert report.checks, report.summary()
     assert report.passed, report.summary()
     solver = REGISTRY[name]()
     keys = _main_order_keys(solver, report.capabilities)
+    if "diffusion:sde" in report.capabilities and not keys:  # stochastic samplers: moments and determinism
+        assert {"diffusion_moments", "diffusion_determinism"} <= set(report.checks), report.summary()
+        return
+    if getattr(solver, "adaptive_lambda", False):
+        assert "diffusion_determinism" in report.checks, report.summary()
+        return
     assert keys and all(k in report.orders for k in keys), report.summary()
 
 
@@ -439,3 +447,55 @@ def test_docs_testing_examples_run():
             exec(compile(block, f"docs/testing.md[python block {i}]", "exec"), namespace)
     finally:
         CHECKS.pop("zero_drift", None)
+
+
+
+# --- diffusion samplers: the suite rejects broken ones -----------------------------------------------------------
+from sdekit.solvers.diffusion import DDIM, DiffusionSampler, DPMSolverPP2M  # noqa: E402
+
+
+class RoundedTimeDPMpp2M(DPMSolverPP2M):
+    """DPM-Solver++(2M) that evaluates the model at the nearest discrete DDPM index (as schedulers that round
+    do); its error stops falling once it reaches the rounding error."""
+
+    name = "dpmpp_2m_rounded"
+
+    def model_out(self, problem, st, x, t, kind):
+        t_r = (round(t * 1000) / 1000) if t > 1e-3 else t
+        return super().model_out(problem, st, x, t_r, kind)
+
+
+class OverclaimedDPMpp2M(DPMSolverPP2M):
+    """A second-order multistep method that declares order 3."""
+
+    name = "dpmpp_2m_claims_3"
+
+    def __init__(self):
+        super().__init__()
+        self.order = 3.0
+
+
+class LeakyDDIM(DDIM):
+    """Keeps a running state on the object: the next solve starts from the last one's memory."""
+
+    name = "ddim_leaky"
+    _memory = None
+
+    def _step(self, problem, t0, t1, x, z, st):
+        out = super()._step(problem, t0, t1, x, z, st)
+        if self._memory is not None and st["k"] == 0:
+            out = out + 1e-3 * self._memory.mean()
+        self._memory = out.detach()
+        return out
+
+
+@pytest.mark.parametrize(("solver", "check", "pattern"), [
+    (RoundedTimeDPMpp2M(), "diffusion_order", r"ddpm.*rounded"),
+    (OverclaimedDPMpp2M(), "diffusion_order", r"measured order [12]\.\d+.*declared 3"),
+    (LeakyDDIM(), "diffusion_determinism", r"keeps state between solves"),
+])
+def test_broken_diffusion_samplers_are_rejected(solver, check, pattern):
+    report = check_solver(solver, kinds=("orders", "invariance"))
+    assert not report.passed
+    msgs = [f.message for f in report.failures if f.check == check]
+    assert msgs and any(re.search(pattern, m) for m in msgs), report.summary()

@@ -13,7 +13,11 @@
 Needs hypothesis (``pip install 'sdekit[test]'``). See ``docs/testing.md``.
 """
 
-from . import problems, strategies
+from . import (
+    diffusion_checks,  # noqa: F401  (registers the diffusion-sampler checks)
+    problems,
+    strategies,
+)
 from .conformance import (
     CHECKS,
     PROFILES,
