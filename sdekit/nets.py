@@ -84,6 +84,15 @@ class FourierEmbedding(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+def _conditioning(net, x: torch.Tensor, t, y) -> torch.Tensor:
+    """The shared conditioning vector of both networks: SiLU(time MLP(embedding of t) + label embedding)."""
+    emb = net.time_mlp(net.time_embed(_check_time(t, x)).to(x.dtype))
+    labels = _check_labels(y, x.shape[0], net.num_classes, x.device)
+    if labels is not None:
+        emb = emb + net.label_embed(labels)
+    return F.silu(emb)
+
+
 def _check_time(t, x: torch.Tensor) -> torch.Tensor:
     """``t`` as a ``(B,)`` tensor in ``x``'s dtype (a scalar is broadcast over the batch)."""
     if not isinstance(t, torch.Tensor):
@@ -200,12 +209,7 @@ class MLPScoreNet(nn.Module):
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected input of shape (B, {self.dim}), got {tuple(x.shape)}")
-        t = _check_time(t, x)
-        emb = self.time_mlp(self.time_embed(t).to(x.dtype))
-        labels = _check_labels(y, x.shape[0], self.num_classes, x.device)
-        if labels is not None:
-            emb = emb + self.label_embed(labels)
-        emb = F.silu(emb)
+        emb = _conditioning(self, x, t, y)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
@@ -395,12 +399,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         self._check_input(x)
-        t = _check_time(t, x)
-        emb = self.time_mlp(self.time_embed(t).to(x.dtype))
-        labels = _check_labels(y, x.shape[0], self.num_classes, x.device)
-        if labels is not None:
-            emb = emb + self.label_embed(labels)
-        emb = F.silu(emb)
+        emb = _conditioning(self, x, t, y)
         h = self.inp(x)
         skips = [h]
         for stage in self.down:
