@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
-import shutil
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu_info import default_out, gpu_name, nvidia_smi
 
 DEVICE = "cuda"
 QUANTILES = [0.5, 0.2, 0.8]
@@ -46,26 +44,6 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 TARGET_OF_FLASH = 0.9
 
 
-def gpu_name() -> str:
-    return torch.cuda.get_device_name()
-
-
-def nvidia_smi() -> str | None:
-    """GPU name, driver and memory as nvidia-smi reports them, or None where it is missing."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        return subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def default_out(name: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name().lower()).strip("-")
-    return Path(__file__).resolve().parent / "results" / f"{name}-{slug}.json"
-
-
 def sdpa(backend_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -74,8 +52,9 @@ def sdpa(backend_name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
 
 def providers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
-    from sdekit.kernels import attention
     from torch.nn.attention import SDPBackend
+
+    from sdekit.kernels import attention
 
     found = {"sdekit": partial(attention, q, k, v, backend="triton")}
     for label, backend_name in SDPA_BACKENDS.items():

@@ -27,14 +27,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
-import shutil
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
+from gpu_info import default_out, gpu_name, nvidia_smi
 
 DEVICE = "cuda"
 QUANTILES = [0.5, 0.2, 0.8]
@@ -43,26 +41,6 @@ INPUT_COUNTS = [2, 3, 4, 5]
 NOISE = 0.1
 TARGET_OF_COPY = 0.85
 TARGET_OVER_EAGER = 2.5
-
-
-def gpu_name() -> str:
-    return torch.cuda.get_device_name()
-
-
-def nvidia_smi() -> str | None:
-    """GPU name, driver and memory as nvidia-smi reports them, or None where it is missing."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        return subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def default_out(name: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name().lower()).strip("-")
-    return Path(__file__).resolve().parent / "results" / f"{name}-{slug}.json"
 
 
 def formula(coeffs: list[float], tensors: list[torch.Tensor], noise: float | None) -> torch.Tensor:
