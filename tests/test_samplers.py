@@ -102,7 +102,7 @@ class ImpulseNoise:
     """Exact moments of an affine sampler (single-Gaussian data: the model is affine in x). Sample 0 starts at
     the mean of p_T with no noise, sample 1 at the mean plus a unit perturbation, sample 2 + k gets a unit
     Brownian increment at step k. Then mean = out[0] and Var = J² Var(x_T) + Σ_k L_k² |dt_k| per coordinate
-    (coordinates are independent: isotropic data)."""
+    (coordinates are independent: isotropic data). sdekit.testing.ImpulseNoise is the fixed-start version."""
 
     levy_area = False
 
