@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdekit import VP, ScoreModel
+from sdekit import VP, ScoreModel, sample
 from sdekit.adapters import DiffusersNet, from_diffusers, scheduler_alphas_cumprod, scheduler_process
 
 from .helpers import DDPM_BETAS
@@ -154,3 +154,46 @@ def test_scheduler_schedules(schedule):
     # Its config: the same schedule recomputed in float64 (float32 rounding apart).
     from_config = scheduler_alphas_cumprod(dict(scheduler.config))
     torch.testing.assert_close(from_config, scheduler.alphas_cumprod.double(), rtol=2e-5, atol=1e-7)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unet2d_ddim_equals_ddimscheduler_loop(dtype):
+    """sdekit's DDIM on the adapter-wrapped UNet2DModel equals diffusers' own DDIMScheduler loop.
+
+    The process takes the scheduler's ``alphas_cumprod`` exactly, and the grid is the scheduler's timesteps
+    followed by index -1 (t = 0: ``set_alpha_to_one``). diffusers computes its step coefficients
+    (``1 - alpha_prod_t``, the square roots) in the dtype of ``alphas_cumprod``; sdekit in float64.
+
+    float64: the UNet cast to double and the scheduler's own float32 ``alphas_cumprod`` widened to float64
+    (the same numbers, so the same schedule): both loops do float64 arithmetic and differ only in the order
+    of operations (measured 1e-15 of the largest value), so rtol 1e-10.
+    float32, the scheduler untouched: diffusers' float32 coefficients differ from sdekit's rounded float64
+    ones by ~1 ulp, and the state's float32 rounding is amplified through 10 UNet calls: measured 3e-7
+    of the largest value, hence rtol 1e-5. The random UNet's outputs are not unit-scale (the final states reach a few
+    hundred: x0 = (x - sigma eps)/alpha with alpha ~ 0.006 at t = 999), so the tolerance is relative.
+    A one-index-shifted grid differs by 1.3e-2 of the largest value (checked: > 1e-3).
+    """
+    diffusers = _diffusers()
+    unet = _tiny_unet().to(dtype)
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=True,
+                                    timestep_spacing="trailing")
+    if dtype == torch.float64:
+        sched.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)
+        sched.final_alpha_cumprod = torch.ones((), dtype=torch.float64)
+    model = from_diffusers(unet, scheduler=sched)
+    n = 10
+    sched.set_timesteps(n)
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    y = x_T.clone()
+    for t in sched.timesteps:
+        y = sched.step(unet(y, t).sample, t, y).prev_sample
+    assert y.dtype == dtype
+    grid = [int(t) for t in sched.timesteps] + [-1]
+    sol = sample(model, x_T, "ddim", grid=grid)
+    assert sol.stats["nfe"] == n and sol.x.dtype == dtype
+    scale = float(y.abs().max())
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(sol.x, y, rtol=rtol, atol=rtol * scale)
+    shifted = sample(model, x_T, "ddim", grid=[g - 1 for g in grid[:-1]] + [-1]).x
+    assert float((shifted - y).abs().max()) > 1e-3 * scale
