@@ -423,6 +423,48 @@ def test_bits_per_dim_default_dtype_and_hutchinson():
     assert 0 < res.mean < 16
 
 
+def test_bits_per_dim_offset_for_other_quantizations():
+    # A density uniform on the dequantized range [offset, offset + scale · levels)^D is (scale · levels)^-D:
+    # the data are then uniform on `levels` levels per dimension, log2(levels) bits exactly. For the digits
+    # convention (17 levels, bin centres k/8 - 1): scale 1/8, offset -1 - 1/16, log2(17) = 4.087 bits.
+    for levels, scale in ((17, 1 / 8), (256, 1 / 128), (2, 0.5), (1000, 1e-3)):
+        for dim in (1, 64):
+            log_px = torch.tensor([-dim * math.log(scale * levels)], dtype=F64)
+            assert abs(float(nats_to_bits_per_dim(log_px, dim, scale)) - math.log2(levels)) < 1e-12
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        nats_to_bits_per_dim(torch.zeros(1), 4, 0.0)
+
+
+def test_bits_per_dim_with_17_levels_end_to_end():
+    # The documented map x = scale · (k + u) + offset, reproduced from the same seed, and the - log2(scale)
+    # offset; the model is an exact Gaussian, so the only error is the ODE's (< 1e-4 nats, as above).
+    process = VP()
+    model = IsotropicGaussian(process, (4,), mean=0.0, std=0.5)
+    levels, scale, offset = 17, 1 / 8, -1 - 1 / 16
+    images = torch.randint(0, levels, (5, 4), generator=torch.Generator().manual_seed(0))
+    res = bits_per_dim(model, images, levels=levels, scale=scale, offset=offset, n_dequant=2, dtype=F64,
+                       generator=torch.Generator().manual_seed(3), rtol=1e-7, atol=1e-7,
+                       prior=lambda z: model.log_prob_t(z, process.t_max))
+    u = torch.rand((2, 5, 4), generator=torch.Generator().manual_seed(3), dtype=F64)
+    x = ((images.to(F64) + u) * scale + offset).reshape(-1, 4)
+    expected = ((-model.log_prob_t(x, process.t_min) / (4 * math.log(2))) + 3).reshape(2, 5)
+    assert (res.bpd_per_draw - expected).abs().max() < 1e-4
+    # The default map for 17 levels is 2/17 per level from -1 (a different, also valid, convention).
+    default = bits_per_dim(model, images, levels=levels, dtype=F64, generator=torch.Generator().manual_seed(3),
+                           rtol=1e-7, atol=1e-7, prior=lambda z: model.log_prob_t(z, process.t_max))
+    x2 = ((images.to(F64) + u[:1]) * (2 / 17) - 1).reshape(-1, 4)
+    expected2 = -model.log_prob_t(x2, process.t_min) / (4 * math.log(2)) - math.log2(2 / 17)
+    assert (default.bpd - expected2).abs().max() < 1e-4
+    with pytest.raises(ValueError, match=r"integer pixel levels 0..16"):
+        bits_per_dim(model, torch.full_like(images, levels), levels=levels)
+    with pytest.raises(ValueError, match="levels must be an int >= 2"):
+        bits_per_dim(model, images, levels=1)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        bits_per_dim(model, images, levels=levels, scale=-0.1)
+    with pytest.raises(TypeError, match="offset must be a finite number"):
+        bits_per_dim(model, images, levels=levels, offset=float("nan"))
+
+
 @pytest.mark.parametrize(
     "images, match",
     [

@@ -231,6 +231,26 @@ def test_digits_model_denoises_test_images():
     assert cond < uncond, (cond, uncond)
 
 
+def test_heldout_data_and_quantization():
+    x, labels = zoo.heldout("digits-vp-eps")
+    test_images, test_labels = digits("test")
+    assert torch.equal(x, test_images) and torch.equal(labels, test_labels) and x.shape == (297, 1, 8, 8)
+    q = zoo.quantization("digits-vp-eps")
+    assert q == {"levels": 17, "scale": 1 / 8, "offset": -1 - 1 / 16}
+    k = zoo.to_levels(x, q)
+    # levels back to the bin centres the model trained on: k/8 - 1 = scale·(k + ½) + offset
+    assert k.dtype == torch.long and int(k.min()) == 0 and int(k.max()) == 16
+    torch.testing.assert_close(q["scale"] * (k.double() + 0.5) + q["offset"], x.double(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="outside the 17 quantization levels"):
+        zoo.to_levels(x + 1, q)
+    moons, none = zoo.heldout("moons-vp-eps")
+    assert none is None and moons.shape == (4096, 2) and zoo.quantization("moons-vp-eps") is None
+    # fresh points, not the training set
+    assert not torch.equal(moons[:100], toy_data("moons", 20000, seed=0, noise=0.05)[:100])
+    with pytest.raises(ValueError, match="known zoo recipes digits-vp-eps, moons-vp-eps"):
+        zoo.heldout("cifar")
+
+
 def test_training_script_reproduces_the_pipeline(tmp_path):
     """A few steps of the shipped recipe through the script's entry point give a loadable checkpoint."""
     spec = importlib.util.spec_from_file_location("train_zoo", Path(__file__).parents[1] / "scripts" / "train_zoo.py")

@@ -40,11 +40,14 @@ __all__ = [
     "CheckpointError",
     "Recipe",
     "available",
+    "heldout",
     "info",
     "load",
     "process_from_spec",
     "process_spec",
+    "quantization",
     "save",
+    "to_levels",
     "train_recipe",
 ]
 
@@ -335,6 +338,47 @@ def _recipe_data(recipe: Recipe, *, eval_split: bool = False) -> tuple[torch.Ten
     seed = spec["seed"] + 1 if eval_split else spec["seed"]
     n = recipe.eval_size if eval_split else spec["n"]
     return training.toy_data(spec["name"], n, seed=seed, noise=spec.get("noise")), None
+
+
+#: How the quantized data sets that shipped models train on map to model space, for bits/dim
+#: (:func:`sdekit.bits_per_dim`'s ``levels``, ``scale``, ``offset``): scikit-learn's digits hold levels
+#: ``k ∈ {0, …, 16}`` trained on as the bin centres ``k/8 - 1``, so bin ``k`` is ``[k/8 - 1 - 1/16, k/8 - 1 + 1/16)``.
+QUANTIZATION = {"digits": {"levels": 17, "scale": 1 / 8, "offset": -1 - 1 / 16}}
+
+
+def heldout(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Held-out data of a shipped model, in model space: ``(data, labels or None)``.
+
+    ``digits-vp-eps``: the 297 test digits (never trained on) with their labels; ``moons-vp-eps``: 4,096
+    fresh points of the training distribution (seed 1; the training set is seed 0).
+    """
+    if name not in RECIPES:
+        raise ValueError(f"no held-out data for {name!r}: known zoo recipes {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
+    data, _ = _recipe_data(recipe, eval_split=True)
+    labels = None
+    if recipe.data["name"] == "digits":
+        from ..training import digits
+
+        data, labels = digits("test")
+    return data, labels
+
+
+def quantization(name: str) -> dict | None:
+    """``{"levels", "scale", "offset"}`` of a shipped model's quantized data (see :data:`QUANTIZATION`), or
+    ``None`` for continuous data such as two moons."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown zoo recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    q = QUANTIZATION.get(RECIPES[name].data["name"])
+    return None if q is None else dict(q)
+
+
+def to_levels(x: torch.Tensor, quant: dict) -> torch.Tensor:
+    """Model-space bin centres back to integer levels ``k`` (inverse of ``x = scale·(k + ½) + offset``)."""
+    k = torch.round((x.double() - quant["offset"]) / quant["scale"] - 0.5)
+    if bool((k < 0).any()) or bool((k > quant["levels"] - 1).any()):
+        raise ValueError(f"data outside the {quant['levels']} quantization levels")
+    return k.to(torch.long)
 
 
 @torch.no_grad()
