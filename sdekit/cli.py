@@ -129,8 +129,14 @@ def cmd_compare(args) -> int:
                            dtype=args.dtype, device=args.device, model_name=name, reference_rtol=ref_rtol,
                            reference_check=not args.no_reference_check,
                            scatter_nfe=scatter_nfe if is_points or is_image else None)
+    data = None
+    if not analytic and args.model is not None and ":" not in args.model:
+        from . import zoo
+
+        if args.model in zoo.RECIPES:
+            data = zoo.heldout(args.model)[0]
     records = run_comparison(model, cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                             log=lambda m: print(m, file=sys.stderr))
+                             log=lambda m: print(m, file=sys.stderr), data=data)
     det = [r for r in records if r.get("rmse_vs_reference") is not None]
     print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}, seed {args.seed}")
     if det:
@@ -147,13 +153,22 @@ def cmd_compare(args) -> int:
                          "reference's own error is about 100 times smaller)")
             print(line)
     if any(r.get("sliced_w2") is not None for r in records):
-        print("\nSliced Wasserstein-2 distance to exact samples of the data noised to t_end (MC SE in JSON):")
+        import json
+
+        with open(os.path.join(args.out, "results.json")) as f:
+            distance = json.load(f).get("distance") or {}
+        print(f"\nSliced Wasserstein-2 distance to {distance.get('to', 'reference samples')} (MC SE in JSON):")
         print(table(records, "sliced_w2"))
+        if distance.get("floor") is not None:
+            print(f"floor: {distance['floor']:.3e} between two independent reference sets of "
+                  f"{distance['samples']} (finite-sample noise)")
     plots = []
     if not args.no_plots:
         found = {}
         if cfg.scatter_nfe is not None:
             ref_path = os.path.join(args.out, f"reference-{cfg.key()}.npy")
+            if data is not None:
+                found["held-out data"] = data[:args.samples].double().numpy()
             if is_image and os.path.exists(ref_path):
                 found["reference (DOP853)"] = np.load(ref_path)
             for s in solvers:

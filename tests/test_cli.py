@@ -163,3 +163,31 @@ def test_likelihood_on_zoo_heldout_data(tmp_path):
     assert -2 < rec["mean_log_prob"] < 2 and rec["mean_log_prob_stderr"] > 0
     r = run("likelihood", "--model", "tests.fixtures.user_models:gaussian_eps_net", "--out", str(tmp_path))
     assert r.returncode == 2 and "needs data" in r.stderr
+
+
+def test_compare_distance_to_heldout_data(tmp_path):
+    """For a non-analytic model, the distribution distance is to the given held-out data, with the
+    finite-sample floor beside it; data from another distribution is measurably farther."""
+    import torch
+
+    from sdekit.bench.compare import ComparisonConfig, run_comparison
+    from tests.fixtures.user_models import gaussian_eps_net
+
+    model = gaussian_eps_net()  # data N((0.5, -0.5), diag(0.2, 0.1)) (variances)
+    gen = torch.Generator().manual_seed(5)
+    data = torch.tensor([0.5, -0.5], dtype=torch.float64) + torch.tensor([0.2, 0.1]).sqrt() * torch.randn(
+        512, 2, generator=gen, dtype=torch.float64)
+    cfg = ComparisonConfig(solvers=["ddpm", "dpmpp_2m"], nfe=[50], samples=256, reference_check=False)
+    right = run_comparison(model, cfg, str(tmp_path / "a"), progress=False, log=lambda m: None, data=data)
+    wrong = run_comparison(model, cfg, str(tmp_path / "b"), progress=False, log=lambda m: None, data=data + 0.3)
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert summary["distance"]["to"] == "256 held-out data points" and summary["distance"]["floor"] > 0
+    for r, w in zip(right, wrong):
+        # shifting by (0.3, 0.3) moves a projection on the unit direction (cos a, sin a) by 0.3 (cos a + sin a),
+        # whose mean square over directions is 0.09: SW2 >= 0.3 for the shifted data, up to sampling noise
+        assert r["sliced_w2"] < 0.1 < 0.2 < w["sliced_w2"], (r["sliced_w2"], w["sliced_w2"])
+        assert "mean_log_p_data" not in r
+    import pytest
+
+    with pytest.raises(ValueError, match=r"data must hold samples of shape \(2,\)"):
+        run_comparison(model, cfg, str(tmp_path / "c"), progress=False, log=lambda m: None, data=data[:, :1])

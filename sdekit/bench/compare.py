@@ -9,7 +9,9 @@
   ``reference_check_rmse``, the floor below which the table's errors mean nothing;
 - every sampler: sliced Wasserstein-2 distance (with its Monte-Carlo standard error) to exact samples of the
   data noised to ``t_end``, and the exact mean log-density of the samples under the data, when the model is
-  analytic; wall time and NFE.
+  analytic; or, for a trained model given its held-out ``data``, the distance to as many held-out points. The
+  distance between two independent sets of reference points of the same size (the finite-sample floor) is
+  reported beside it; wall time and NFE.
 
 Each finished configuration is written as its own JSON record (write to a temporary file, then rename), so a
 killed run resumes with ``resume=True`` and recomputes nothing that finished.
@@ -185,8 +187,12 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log) -> tuple[t
 
 
 def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> list[dict]:
-    """Run every (solver, NFE) configuration of ``cfg`` on ``model``; returns the records (also on disk)."""
+                   log: Callable[[str], None] = print, data: torch.Tensor | None = None) -> list[dict]:
+    """Run every (solver, NFE) configuration of ``cfg`` on ``model``; returns the records (also on disk).
+
+    ``data``: held-out data for the distribution distance when the model is not analytic (the first
+    ``min(cfg.samples, len(data))`` points are used, against as many samples).
+    """
     dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
     process = model.process
     shape = getattr(model, "sample_shape", None)
@@ -207,10 +213,25 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     if need_ref:
         ref, ref_info = _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log)
     mixture = getattr(model, "mixture", None)
-    exact = None
+    exact, floor, n_dist = None, None, cfg.samples
     if mixture is not None:
-        exact = mixture.marginal(process, t_end).sample(cfg.samples, generator=torch.Generator().manual_seed(
-            cfg.seed + 10_000), dtype=torch.float64)
+        marginal = mixture.marginal(process, t_end)
+        exact = marginal.sample(cfg.samples, generator=torch.Generator().manual_seed(cfg.seed + 10_000),
+                                dtype=torch.float64)
+        other = marginal.sample(cfg.samples, generator=torch.Generator().manual_seed(cfg.seed + 20_000),
+                                dtype=torch.float64)
+        floor = sliced_wasserstein2(other, exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
+        distance_to = "exact samples of the data noised to t_end"
+    elif data is not None:
+        data = torch.as_tensor(data).double().cpu()
+        if tuple(data.shape[1:]) != tuple(shape):
+            raise ValueError(f"data must hold samples of shape {tuple(shape)}, got {tuple(data.shape)}")
+        n_dist = min(cfg.samples, data.shape[0])
+        exact = data[:n_dist]
+        if data.shape[0] >= 2 * n_dist:
+            floor = sliced_wasserstein2(data[n_dist:2 * n_dist], exact,
+                                        generator=torch.Generator().manual_seed(cfg.seed + 2))
+        distance_to = f"{n_dist} held-out data points"
     jobs = [(s, n) for s in cfg.solvers for n in cfg.nfe]
     records = []
     bar = None
@@ -243,9 +264,10 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
         if ref is not None and rec["kind"] == "deterministic":
             rec["rmse_vs_reference"] = rmse(out, ref)
         if exact is not None:
-            sw, se = sliced_wasserstein2(out, exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
+            sw, se = sliced_wasserstein2(out[:n_dist], exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
             rec["sliced_w2"], rec["sliced_w2_stderr"] = sw, se
-            rec["mean_log_p_data"] = float(mixture.log_prob(out.reshape(out.shape[0], -1)).mean())
+            if mixture is not None:
+                rec["mean_log_p_data"] = float(mixture.log_prob(out.reshape(out.shape[0], -1)).mean())
         if cfg.scatter_nfe == nfe:
             _save_npy(samples_path(out_dir, cfg, solver_name, nfe), out.numpy())
         _atomic_write(path, json.dumps(rec, indent=1))
@@ -254,7 +276,11 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
             bar.update(1)
     if bar is not None:
         bar.close()
-    summary = {"config": vars(cfg), "reference": ref_info, "records": records}
+    distance = None
+    if exact is not None:
+        distance = {"to": distance_to, "samples": n_dist, "floor": None if floor is None else floor[0],
+                    "floor_stderr": None if floor is None else floor[1]}
+    summary = {"config": vars(cfg), "reference": ref_info, "distance": distance, "records": records}
     _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
     return records
 
