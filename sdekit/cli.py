@@ -143,6 +143,9 @@ def cmd_compare(args) -> int:
         print("\nRMSE vs a float64 DOP853 reference solve of the PF-ODE from the same x_T "
               "(sqrt of the mean over samples and coordinates of the squared difference):")
         print(table(det, "rmse_vs_reference"))
+        if any(r.get("median_error_vs_reference") is not None for r in det):
+            print("\nMedian over samples of the per-sample RMS error (a few hard samples can dominate the RMSE):")
+            print(table(det, "median_error_vs_reference"))
         ref_info = _reference_info(args.out, cfg)
         if ref_info is not None:
             line = f"reference: DOP853 rtol = atol = {ref_info['rtol']:g}"

@@ -191,3 +191,17 @@ def test_compare_distance_to_heldout_data(tmp_path):
 
     with pytest.raises(ValueError, match=r"data must hold samples of shape \(2,\)"):
         run_comparison(model, cfg, str(tmp_path / "c"), progress=False, log=lambda m: None, data=data[:, :1])
+
+
+def test_per_sample_rms_and_median_error():
+    import torch
+
+    from sdekit.bench.metrics import per_sample_rms, rmse
+
+    ref = torch.zeros(4, 2, 3)
+    x = ref.clone()
+    x[0] = 2.0  # one bad sample: per-sample RMS 2, the others 0
+    per = per_sample_rms(x, ref)
+    assert per.tolist() == [2.0, 0.0, 0.0, 0.0]
+    assert abs(rmse(x, ref) - float(per.pow(2).mean().sqrt())) < 1e-12 and abs(rmse(x, ref) - 1.0) < 1e-12
+    assert float(per.median()) == 0.0

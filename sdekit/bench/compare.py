@@ -37,7 +37,7 @@ from ..reverse import probability_flow
 from ..sampling import sample
 from ..solvers import REGISTRY, DiffusionSampler
 from ..solvers import get as get_solver
-from .metrics import rmse, sliced_wasserstein2
+from .metrics import per_sample_rms, rmse, sliced_wasserstein2
 
 GROUPS = {
     "all-deterministic": lambda: [n for n in sorted(REGISTRY) if _kind(n) == "deterministic"],
@@ -263,6 +263,9 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
                "finite": bool(torch.isfinite(out).all())}
         if ref is not None and rec["kind"] == "deterministic":
             rec["rmse_vs_reference"] = rmse(out, ref)
+            per = per_sample_rms(out, ref)
+            rec["median_error_vs_reference"] = float(per.median())
+            rec["max_error_vs_reference"] = float(per.max())
         if exact is not None:
             sw, se = sliced_wasserstein2(out[:n_dist], exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
             rec["sliced_w2"], rec["sliced_w2_stderr"] = sw, se

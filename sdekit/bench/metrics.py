@@ -14,6 +14,15 @@ def rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).pow(2).mean().sqrt())
 
 
+def per_sample_rms(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: each sample's sqrt(mean over its coordinates of the squared difference). The RMSE is the
+    root mean square of these; their median shows whether a few samples dominate it."""
+    if x.shape != ref.shape:
+        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(ref.shape)}")
+    d = (x.double() - ref.double()).reshape(x.shape[0], -1)
+    return d.pow(2).mean(1).sqrt()
+
+
 def sliced_wasserstein2(x: torch.Tensor, y: torch.Tensor, *, n_projections: int = 256,
                         generator: torch.Generator | None = None) -> tuple[float, float]:
     """Sliced Wasserstein-2 distance between two equally sized sample sets (Bonneel et al. 2015): the square
