@@ -311,6 +311,7 @@ def cmd_demo(args) -> int:
     args.model, args.preset, args.process = None, "ring2d", "vp"
     args.spacing, args.dtype, args.device = "log_snr", "float64", "cpu"
     args.resume, args.scatter_nfe = False, 10
+    args.reference_rtol, args.no_reference_check = None, False
     return cmd_compare(args)
 
 

@@ -205,3 +205,13 @@ def test_per_sample_rms_and_median_error():
     assert per.tolist() == [2.0, 0.0, 0.0, 0.0]
     assert abs(rmse(x, ref) - float(per.pow(2).mean().sqrt())) < 1e-12 and abs(rmse(x, ref) - 1.0) < 1e-12
     assert float(per.median()) == 0.0
+
+
+def test_demo_runs(tmp_path):
+    # the README's main command (`make demo` runs `sdekit demo`), on fewer samples
+    r = run("demo", "--samples", "128", "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "RMSE" in r.stdout and "Sliced Wasserstein-2" in r.stdout and "reference: DOP853" in r.stdout
+    recs = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert len(recs) == 9 * 4 and all(rec["finite"] for rec in recs)
+    assert (tmp_path / "samples.png").exists()
