@@ -347,48 +347,44 @@ def plot(records: list[dict], out_dir: str, *, metric: str, scatter: dict | None
     plt.close(fig)
     paths.append(p)
     if scatter:
-        names = list(scatter)
-        cols = min(4, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, names):
-            pts = scatter[name]
+        def draw_points(ax, pts):
             ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-            ax.set_title(name, fontsize=8)
             ax.set_xlim(-3, 3)
             ax.set_ylim(-3, 3)
             ax.set_aspect("equal")
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.tight_layout()
-        p = os.path.join(out_dir, "samples.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+
+        paths.append(_panels(plt, scatter, draw_points, (3.0, 3.0), os.path.join(out_dir, "samples.png")))
     if images:
         grids = {name: tile(arr[:max_images]) for name, arr in images.items()}
         for name, grid in grids.items():
             p = os.path.join(out_dir, f"samples-{_slug(name)}.png")
             plt.imsave(p, np.repeat(grid, 3, axis=2) if grid.shape[2] == 1 else grid)
             paths.append(p)
-        names = list(grids)
-        cols = min(4, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, names):
-            grid = grids[name]
+
+        def draw_grid(ax, grid):
             ax.imshow(grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.set_title(name, fontsize=8)
             ax.axis("off")
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.tight_layout()
-        p = os.path.join(out_dir, "samples.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+
+        paths.append(_panels(plt, grids, draw_grid, (2.6, 2.8), os.path.join(out_dir, "samples.png")))
     return paths
+
+
+def _panels(plt, items: dict, draw: Callable, size: tuple[float, float], path: str) -> str:
+    """One titled panel per item, four to a row, saved to ``path``."""
+    names = list(items)
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        draw(ax, items[name])
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _slug(name: str) -> str:
