@@ -263,7 +263,8 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
         raise ValueError(f"sdekit likelihood needs data: an analytic --preset, or a zoo model with held-out data "
                          f"({', '.join(sorted(zoo.RECIPES))}); for your own model call sdekit.log_likelihood")
     data, _ = zoo.heldout(name)
-    n = min(args.samples, data.shape[0])
+    available = data.shape[0]
+    n = min(args.samples, available)
     data = data[:n]
     quant = zoo.quantization(name)
     options = dict(rtol=args.rtol, atol=args.rtol, dtype=getattr(torch, dtype), progress=not args.no_progress)
@@ -271,7 +272,7 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
         options["n_probes"] = args.n_probes
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    rec = {"model": name, "samples": n, "heldout_available": int(zoo.heldout(name)[0].shape[0]),
+    rec = {"model": name, "samples": n, "heldout_available": int(available),
            "divergence": args.divergence, "n_probes": args.n_probes if args.divergence == "hutchinson" else None,
            "rtol": args.rtol, "dtype": dtype, "seed": args.seed}
     print(f"sdekit likelihood: {name}, the first {n} held-out samples, divergence {args.divergence}"
