@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import sys
@@ -122,7 +123,9 @@ def cmd_compare(args) -> int:
     is_points = shape is not None and math.prod(shape) == 2
     is_image = shape is not None and len(shape) == 3 and shape[0] in (1, 3)
     analytic = getattr(model, "mixture", None) is not None
-    ref_rtol = args.reference_rtol or (REFERENCE_RTOL_ANALYTIC if analytic else REFERENCE_RTOL_NETWORK)
+    ref_rtol = args.reference_rtol
+    if ref_rtol is None:
+        ref_rtol = REFERENCE_RTOL_ANALYTIC if analytic else REFERENCE_RTOL_NETWORK
     if not 0 < ref_rtol < 1e-2:
         raise ValueError(f"--reference-rtol must be in (0, 1e-2), got {ref_rtol:g}")
     cfg = ComparisonConfig(solvers=solvers, nfe=nfe, spacing=args.spacing, samples=args.samples, seed=args.seed,
@@ -137,6 +140,8 @@ def cmd_compare(args) -> int:
             data = zoo.heldout(args.model)[0]
     records = run_comparison(model, cfg, args.out, resume=args.resume, progress=not args.no_progress,
                              log=lambda m: print(m, file=sys.stderr), data=data)
+    with open(os.path.join(args.out, "results.json")) as f:
+        summary = json.load(f)
     det = [r for r in records if r.get("rmse_vs_reference") is not None]
     print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}, seed {args.seed}")
     if det:
@@ -146,7 +151,7 @@ def cmd_compare(args) -> int:
         if any(r.get("median_error_vs_reference") is not None for r in det):
             print("\nMedian over samples of the per-sample RMS error (a few hard samples can dominate the RMSE):")
             print(table(det, "median_error_vs_reference"))
-        ref_info = _reference_info(args.out, cfg)
+        ref_info = summary.get("reference")
         if ref_info is not None:
             line = f"reference: DOP853 rtol = atol = {ref_info['rtol']:g}"
             if ref_info.get("nfe") is not None:
@@ -156,10 +161,7 @@ def cmd_compare(args) -> int:
                          "reference's own error is about 100 times smaller)")
             print(line)
     if any(r.get("sliced_w2") is not None for r in records):
-        import json
-
-        with open(os.path.join(args.out, "results.json")) as f:
-            distance = json.load(f).get("distance") or {}
+        distance = summary.get("distance") or {}
         print(f"\nSliced Wasserstein-2 distance to {distance.get('to', 'reference samples')} (MC SE in JSON):")
         print(table(records, "sliced_w2"))
         if distance.get("floor") is not None:
@@ -185,34 +187,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _reference_info(out_dir: str, cfg) -> dict | None:
-    import json
-
-    path = os.path.join(out_dir, f"reference-{cfg.key()}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def cmd_order(args) -> int:
     from .bench.order_cli import run_order
 
     return run_order(args)
 
 
-def _write_json(path: str, rec: dict) -> None:
-    import json
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rec, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def cmd_likelihood(args) -> int:
     import time
 
+    from .bench.compare import _atomic_write
     from .likelihood import log_likelihood
 
     if args.samples < 1:
@@ -246,7 +230,7 @@ def cmd_likelihood(args) -> int:
            "mean_log_prob": float(res.log_prob.mean()), "mean_exact_log_prob": float(exact.mean()),
            "rms_error": float(err.pow(2).mean().sqrt()), "nfe": int(res.stats["nfe"]), "wall_s": wall}
     path = os.path.join(args.out, "likelihood.json")
-    _write_json(path, rec)
+    _atomic_write(path, json.dumps(rec, indent=1))
     print(f"record: {path}")
     return 0
 
@@ -257,6 +241,7 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
     import time
 
     from . import zoo
+    from .bench.compare import _atomic_write
     from .likelihood import bits_per_dim, log_likelihood
 
     if name not in zoo.RECIPES:
@@ -301,7 +286,7 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
     print(f"NFE {lik.stats['nfe']}, steps {lik.stats['n_steps']}, wall {wall:.1f} s")
     rec.update({"nfe": int(lik.stats["nfe"]), "wall_s": wall})
     path = os.path.join(args.out, "likelihood.json")
-    _write_json(path, rec)
+    _atomic_write(path, json.dumps(rec, indent=1))
     print(f"record: {path}")
     return 0
 

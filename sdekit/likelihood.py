@@ -52,7 +52,6 @@ BACKENDS = ("auto", "func", "autograd")
 # intermediates of the model's backward pass. A guess that holds for small models; for a large network
 # pass chunk_size explicitly.
 _COPIES_PER_VECTOR = 8
-_LOG_128 = math.log(128.0)
 
 
 @dataclass

@@ -95,6 +95,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit(tmp_path):
         ["compare", "--solvers", "dpmpp_9m"],
         ["compare", "--preset", "moons"],
         ["compare", "--samples", "0"],
+        ["compare", "--reference-rtol", "0"],  # not silently the default
         ["compare", "--model", "tests.fixtures.user_models:not_a_model"],
         ["compare", "--model", "no_such_module_xyz:factory"],
         ["order", "--steps", "8"],
