@@ -243,6 +243,8 @@ def test_heldout_data_and_quantization():
     torch.testing.assert_close(q["scale"] * (k.double() + 0.5) + q["offset"], x.double(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="outside the 17 quantization levels"):
         zoo.to_levels(x + 1, q)
+    with pytest.raises(ValueError, match="NaN"):
+        zoo.to_levels(torch.full((1, 1, 8, 8), float("nan")), q)
     moons, none = zoo.heldout("moons-vp-eps")
     assert none is None and moons.shape == (4096, 2) and zoo.quantization("moons-vp-eps") is None
     # fresh points, not the training set

@@ -375,6 +375,8 @@ def quantization(name: str) -> dict | None:
 
 def to_levels(x: torch.Tensor, quant: dict) -> torch.Tensor:
     """Model-space bin centres back to integer levels ``k`` (inverse of ``x = scale·(k + ½) + offset``)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN/Inf")
     k = torch.round((x.double() - quant["offset"]) / quant["scale"] - 0.5)
     if bool((k < 0).any()) or bool((k > quant["levels"] - 1).any()):
         raise ValueError(f"data outside the {quant['levels']} quantization levels")
