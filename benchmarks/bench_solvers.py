@@ -5,20 +5,32 @@ coordinate) on a ``(batch, dim)`` state over ``[0, 1]``, and its deterministic p
 the ODE solvers. Everything runs in ONE process on the CPU, float32, with the same thread count; each method
 gets one untimed warm-up run, then the median of ``--repeats`` timed runs (interleaved rounds) is reported.
 
-Methods and the references they are compared with:
+Methods and the references they are compared with (the EM rows run on a float32 ``torch.linspace`` grid, what a
+user writes):
 
-- ``sdekit_em_path``: ``solve(ou, x0, "euler_maruyama", ts=grid, brownian=BrownianPath(..., n_cells=steps))``;
-- ``sdekit_em_fresh``: the same with fresh noise from a ``torch.Generator``;
+- ``sdekit_em_path``: ``solve(ou, x0, "euler_maruyama", ts=grid, brownian=BrownianPath(0, 1, shape, seed=0))``,
+  the default path with no hint and no knob (the target row);
+- ``sdekit_em_path_f64grid``: the same on a float64 grid;
+- ``sdekit_em_virtual_tuned`` (TUNED): the order-independent ``VirtualBrownianTree(..., n_cells=steps)`` on a
+  float64 grid that matches its cells (the old default tree with its knob set, as the old benchmark ran it);
+- ``sdekit_em_fresh``: the same solve with fresh noise from a ``torch.Generator``;
 - ``hand_em``: ``x = x + f dt + sigma sqrt(dt) randn`` in a Python loop (the reference for EM);
-- ``torchsde_em``: ``torchsde.sdeint(method="euler", bm=BrownianInterval(...))`` through ``sdekit.to_torchsde``;
+- ``torchsde_em``: ``torchsde.sdeint(method="euler", bm=BrownianInterval(..., dt=1/steps))`` through
+  ``sdekit.to_torchsde``;
 - ``sdekit_rk4`` vs ``torchdiffeq_rk4`` (same fixed step), ``sdekit_dopri5_adaptive`` vs
   ``torchdiffeq_dopri5`` (rtol = atol = 1e-6), and ``sdekit_dopri5_fixed`` (no fixed-step dopri5 in
   torchdiffeq: reported without a reference). ODE rows also report NFE (counted by wrapping the drift) and the
   max absolute error against the exact solution ``exp(-theta t) x0``.
 
-Targets (from the issue): sdekit EM <= 1.3x the hand-written loop and >= 5x faster than torchsde; sdekit RK4
-<= 1.0x torchdiffeq rk4. Any sdekit row that misses its target is profiled with cProfile (top functions by
-own time go to the JSON and the console).
+Targets (from the issues): sdekit EM on the default path <= 1.3x the hand-written loop and >= 5x faster than
+torchsde; sdekit RK4 <= 1.0x torchdiffeq rk4. Any sdekit row that misses its target is profiled with cProfile
+(top functions by own time go to the JSON and the console).
+
+A second table times the default ``BrownianPath`` on its own, replaying the queries of a 10-, 50- and 1000-step
+VP log-SNR grid (t from 1 to 1e-3, decreasing) and of a step-doubling adaptive SRA1 solve of the OU SDE (the
+error estimate torchsde's ``adaptive=True`` uses: one step of h against two of h/2), against drawing the same
+number of fresh normals of the same shape (two per query with Lévy area). Targets: <= 1.5x, <= 2x with Lévy area.
+The same path built with the ``grid`` hint stands beside it.
 
 Run: ``python benchmarks/bench_solvers.py`` (full size, a few minutes) or ``--quick`` (seconds).
 """
@@ -71,23 +83,34 @@ def build_cases(batch: int, dim: int, steps: int) -> list[Case]:
     import torchdiffeq
     import torchsde
 
-    from sdekit import ODE, BrownianPath, PIController, solve, to_torchsde
+    from sdekit import ODE, BrownianPath, PIController, VirtualBrownianTree, solve, to_torchsde
     from sdekit.analytic import OrnsteinUhlenbeck
 
     shape = (batch, dim)
     dtype = torch.float32
     x0 = torch.linspace(-2, 2, batch * dim, dtype=dtype).reshape(shape)
     grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    grid32 = torch.linspace(0, 1, steps + 1)  # what a user writes: float32
     dt = 1.0 / steps
     ou = OrnsteinUhlenbeck(theta=THETA, mu=0.0, sigma=SIGMA)
 
     def sdekit_em_path():
-        bm = BrownianPath(0, 1, shape, seed=0, dtype=dtype, n_cells=steps)
+        bm = BrownianPath(0, 1, shape, seed=0, dtype=dtype)
+        sol = solve(ou, x0, "euler_maruyama", ts=grid32, brownian=bm)
+        return {"x": sol.x, "nfe": sol.stats["nfe"]}
+
+    def sdekit_em_path_f64grid():
+        bm = BrownianPath(0, 1, shape, seed=0, dtype=dtype)
+        sol = solve(ou, x0, "euler_maruyama", ts=grid, brownian=bm)
+        return {"x": sol.x, "nfe": sol.stats["nfe"]}
+
+    def sdekit_em_virtual_tuned():
+        bm = VirtualBrownianTree(0, 1, shape, seed=0, dtype=dtype, n_cells=steps)
         sol = solve(ou, x0, "euler_maruyama", ts=grid, brownian=bm)
         return {"x": sol.x, "nfe": sol.stats["nfe"]}
 
     def sdekit_em_fresh():
-        sol = solve(ou, x0, "euler_maruyama", ts=grid, generator=torch.Generator().manual_seed(0))
+        sol = solve(ou, x0, "euler_maruyama", ts=grid32, generator=torch.Generator().manual_seed(0))
         return {"x": sol.x, "nfe": sol.stats["nfe"]}
 
     def hand_em():
@@ -124,8 +147,12 @@ def build_cases(batch: int, dim: int, steps: int) -> list[Case]:
         # hand_em vs torchsde is the ceiling for any EM: the same randn and arithmetic with no loop machinery
         Case("hand_em", "hand-written EM loop (reference)", hand_em, ("torchsde_em",)),
         Case("torchsde_em", "torchsde sdeint euler + BrownianInterval", torchsde_em),
-        Case("sdekit_em_path", "sdekit EM, BrownianPath(n_cells=steps)", sdekit_em_path,
+        Case("sdekit_em_path", "sdekit EM, default BrownianPath, float32 grid", sdekit_em_path,
              ("hand_em", "torchsde_em"), em_targets, sdekit=True),
+        Case("sdekit_em_path_f64grid", "sdekit EM, default BrownianPath, float64 grid", sdekit_em_path_f64grid,
+             ("hand_em", "torchsde_em"), sdekit=True),
+        Case("sdekit_em_virtual_tuned", "TUNED: sdekit EM, VirtualBrownianTree(n_cells=steps)",
+             sdekit_em_virtual_tuned, ("hand_em", "torchsde_em"), sdekit=True),
         Case("sdekit_em_fresh", "sdekit EM, fresh noise (Generator)", sdekit_em_fresh,
              ("hand_em", "torchsde_em"), em_targets, sdekit=True),
         Case("torchdiffeq_rk4", "torchdiffeq rk4, step 1/steps", lambda: torchdiffeq_ode("rk4", options={
@@ -140,6 +167,105 @@ def build_cases(batch: int, dim: int, steps: int) -> list[Case]:
         Case("sdekit_dopri5_fixed", "sdekit dopri5, fixed grid", lambda: sdekit_ode("dopri5", ts=grid), (),
              sdekit=True),
     ], x0
+
+
+def adaptive_sra1_queries(tol: float = 3e-7, seed: int = 0) -> list[tuple[float, float]]:
+    """The Brownian queries ``(s, t)`` of a step-doubling adaptive SRA1 solve of the OU SDE on [0, 1]: each attempt
+    takes one step of h and two of h/2 on the same path, accepts when the RMS difference is below
+    ``tol · (1 + |x|)``, and rescales h by ``clip(0.9 r^(-1/2), 0.2, 5)`` (torchsde's ``adaptive=True`` estimates
+    its error by the same step doubling). Recorded on a small state; the pattern is replayed at full size."""
+    from sdekit import BrownianPath
+    from sdekit.analytic import OrnsteinUhlenbeck
+    from sdekit.solvers import get
+
+    ou, sra1 = OrnsteinUhlenbeck(theta=THETA, mu=0.0, sigma=SIGMA), get("sra1")
+    x = torch.linspace(-2, 2, 64, dtype=torch.float64).reshape(8, 8)
+    bm = BrownianPath(0, 1, x.shape, seed=seed, dtype=torch.float64, levy_area=True)
+    queries: list[tuple[float, float]] = []
+
+    def levy(s, t):
+        queries.append((s, t))
+        return bm.levy(s, t)
+
+    t, h = 0.0, 0.01
+    while t < 1.0:
+        t1 = min(1.0, t + h)
+        step, tm = t1 - t, 0.5 * (t + t1)
+        big = sra1.step(ou, t, t1, x, levy(t, t1), None)[0]
+        half = sra1.step(ou, t, tm, x, levy(t, tm), None)[0]
+        half = sra1.step(ou, tm, t1, half, levy(tm, t1), None)[0]
+        ratio = float(((big - half) / (tol * (1 + x.abs()))).pow(2).mean().sqrt())
+        if ratio <= 1.0:
+            t, x = t1, half
+        h = step * min(5.0, max(0.2, 0.9 * max(ratio, 1e-10) ** -0.5))
+    return queries
+
+
+def path_cases(shape, dtype=torch.float32) -> list[dict]:
+    """Query sequences for the Brownian-path table: log-SNR grids and the adaptive SRA1 pattern."""
+    from sdekit import VP, time_grid
+
+    out = []
+    for steps in (10, 50, 1000):
+        ts = time_grid(VP(), steps, "log_snr", t_start=1.0, t_end=1e-3).tolist()
+        out.append({"name": f"log-SNR grid, {steps} steps", "t0": 1e-3, "t1": 1.0,
+                    "queries": list(zip(ts[:-1], ts[1:])), "grid": ts})
+    q = adaptive_sra1_queries()
+    out.append({"name": f"adaptive SRA1 ({len(q)} queries)", "t0": 0.0, "t1": 1.0, "queries": q,
+                "grid": None})
+    return out
+
+
+def time_paths(shape, repeats: int, dtype=torch.float32) -> list[dict]:
+    """Replay each query sequence on a fresh default BrownianPath (and one with the grid hint) against the same
+    number of fresh normal draws; medians of interleaved rounds, each long enough to time (>= ~2000 queries)."""
+    from sdekit import BrownianPath
+
+    rows = []
+    for case in path_cases(shape, dtype):
+        queries = case["queries"]
+        inner = max(1, 2000 // len(queries))
+        for levy in (False, True):
+            variants = {"default": {}}
+            if case["grid"] is not None:
+                variants["grid hint"] = {"grid": case["grid"]}
+            draws_per_query = 2 if levy else 1
+            gen = torch.Generator().manual_seed(0)
+
+            def fresh():
+                for _ in range(inner * len(queries) * draws_per_query):
+                    torch.randn(shape, generator=gen, dtype=dtype)
+
+            def replay(kwargs):
+                n_draws = 0
+                for _ in range(inner):
+                    bm = BrownianPath(case["t0"], case["t1"], shape, seed=0, dtype=dtype, levy_area=levy, **kwargs)
+                    q = bm.levy if levy else bm
+                    for s, t in queries:
+                        q(s, t)
+                    n_draws += bm.n_draws + 1  # + the root
+                return n_draws / inner
+
+            fresh()
+            splits = {name: replay(kw) for name, kw in variants.items()}
+            times: dict[str, list[float]] = {name: [] for name in ("fresh", *variants)}
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fresh()
+                times["fresh"].append(time.perf_counter() - start)
+                for name, kw in variants.items():
+                    start = time.perf_counter()
+                    replay(kw)
+                    times[name].append(time.perf_counter() - start)
+            ref = statistics.median(times["fresh"])
+            target = 2.0 if levy else 1.5
+            for name in variants:
+                ratio = statistics.median(times[name]) / ref
+                rows.append({"pattern": case["name"], "levy_area": levy, "path": name, "queries": len(queries),
+                             "splits_per_query": splits[name] / len(queries), "median_s": statistics.median(
+                                 times[name]) / inner, "fresh_median_s": ref / inner, "ratio_vs_fresh": ratio,
+                             "target": target, "pass": ratio <= target if name == "default" else None})
+    return rows
 
 
 def time_cases(cases: list[Case], repeats: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
@@ -287,6 +413,16 @@ def main(argv=None) -> dict:
             print(f"  {case.name} vs {ref}: {c['ratio']:.2f}x (target <= {c['max']:.2f}x) "
                   f"{'PASS' if c['pass'] else 'MISS'}")
 
+    paths = time_paths((args.batch, args.dim), max(3, args.repeats))
+    header = (f"{'Brownian path queries':32s} {'Lévy':>5s} {'path':10s} {'queries':>7s} {'splits/q':>8s} "
+              f"{'ratio vs fresh normals':>22s} {'target':>7s}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in paths:
+        verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "MISS")
+        print(f"{r['pattern']:32s} {'yes' if r['levy_area'] else 'no':>5s} {r['path']:10s} {r['queries']:7d} "
+              f"{r['splits_per_query']:8.2f} {r['ratio_vs_fresh']:21.2f}x {'<=' + format(r['target'], 'g'):>5s}  "
+              f"{verdict}")
+
     profiles = {}
     to_profile = [c for c in cases if c.sdekit] if args.profile else misses
     for case in to_profile:
@@ -309,6 +445,7 @@ def main(argv=None) -> dict:
                    "load_average_1_5_15min": {"before": load_before, "after": load_after}},
         "machine": info,
         "results": results,
+        "brownian_paths": paths,
         "profiles": profiles,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

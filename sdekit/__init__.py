@@ -1,7 +1,7 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
 from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
-from .brownian import BrownianPath, FreshNoise
+from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
 from .grid_opt import GridResult, optimize_grid
 from .likelihood import bits_per_dim, log_likelihood
 from .models import ScoreModel, convert
@@ -20,6 +20,6 @@ __all__ = [
     "ScoreModel", "convert",
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
     "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters",
-    "BrownianPath", "FreshNoise", "solve", "Solution", "PIController",
+    "BrownianPath", "VirtualBrownianTree", "FreshNoise", "solve", "Solution", "PIController",
     "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult", "log_likelihood", "bits_per_dim",
 ]

@@ -31,6 +31,13 @@ def as_time(t, *, like: torch.Tensor | None = None, dtype: torch.dtype | None = 
     return torch.tensor(float(t), dtype=dtype or torch.float64, device=device)
 
 
+def time_like(t: float, x: torch.Tensor) -> torch.Tensor:
+    """The time ``t`` as a 0-d tensor in ``x``'s dtype and on ``x``'s device, as torchdiffeq and torchsde hand
+    it to user functions. ``torch.full`` launches a fill with ``t`` as a kernel argument: no host-to-device
+    copy and no synchronisation on a GPU."""
+    return torch.full((), t, dtype=x.dtype, device=x.device)
+
+
 def bcast(c: torch.Tensor | Number, x: torch.Tensor) -> torch.Tensor | Number:
     """Broadcast a scalar or per-sample coefficient against a batch-first state ``x`` in ``x``'s dtype.
 

@@ -1,43 +1,55 @@
-"""Brownian paths: a consistent virtual Brownian tree, and a plain fresh-noise source.
+"""Brownian paths: a fast consistent Brownian interval tree, an order-independent virtual tree, fresh noise.
 
-:class:`BrownianPath` returns ``W(t) - W(s)`` for any interval, such that the increments of a coarse grid
-are exactly the sums of the increments of any finer grid of the same path (what strong-order measurements
-need), reproducibly from a seed, for any state shape, dtype and device, with memory independent of the
-number of queries. Optionally it carries the space-time Lévy area
-``H_{s,t} = (1/h) ∫_s^t (W_r - W_s - (r - s)/h · W_{s,t}) dr`` (``h = t - s``; ``H ~ N(0, h/12)``
-independent of ``W_{s,t}``) that SRA-type solvers need.
+Every path here answers ``bm(s, t) = W(t) - W(s)`` (and, with ``levy_area=True``, the space-time Lévy area
+``H_{s,t} = (1/h) ∫_s^t (W_r - W_s - (r - s)/h · W_{s,t}) dr``, ``h = t - s``, ``H ~ N(0, h/12)`` independent
+of ``W_{s,t}``) such that the increments of a coarse grid are the sums of those of any finer grid of the same
+path, which is what strong-order measurements need.
 
-Construction: a dyadic tree over ``[t0, t0 + L]`` whose level-``K`` nodes are the ``n_cells`` equal cells
-of ``[t0, t1]`` (``K = ceil(log2 n_cells)``). The root increment is ``N(0, L)``; a node of length ``h``
-with increment ``W`` (and area ``H``) splits at its midpoint (``u = h/2``) into
-``W_left = (W + D)/2``, ``W_right = (W - D)/2`` with
+:class:`BrownianPath` (the default) is a binary tree of intervals split at the query points themselves, in the
+spirit of torchsde's Brownian Interval (Kidger, Foster, Li & Lyons 2021, "Efficient and accurate gradients for
+neural SDEs", §4): a query at a new point splits the one leaf interval that contains it with a single
+Brownian-bridge draw, so a solve along any grid -- uniform, log-SNR, adaptive with rejected steps -- costs about
+one normal draw per step. Above the query splits sits a balanced skeleton (dyadic midpoints, or the points of a
+``grid`` hint) refined lazily to about :data:`CELL_STEPS` query steps per cell, so the dependency chains stay
+short and a revisit after a cache eviction costs a few draws, not a walk along the whole path.
 
-- without Lévy area: ``D = sqrt(2u) X1`` (the Brownian bridge);
-- with Lévy area: ``D = 3H + sqrt(u/2) X1``, ``H_left = (S + E)/2``, ``H_right = (S - E)/2``,
-  ``S = 2H - D/2``, ``E = sqrt(u/6) X2``
+:class:`VirtualBrownianTree` is the query-order independent alternative (Gaines & Lyons 1997; diffrax's
+``VirtualBrownianTree``): a dyadic tree resolved to ``max_depth`` levels with a final bridge draw at the query
+point. It costs about ``max_depth`` draws per off-grid point and is kept for users who need the same path
+whatever the order of their queries.
 
-(conditioning the four independent Gaussians ``W_l, W_r ~ N(0, u)``, ``H_l, H_r ~ N(0, u/12)`` on
-``W = W_l + W_r`` and ``H = (H_l + H_r)/2 + (W_l - W_r)/4``; cf. Foster 2020, "Numerical approximations
-for stochastic differential equations", and the virtual Brownian tree of Gaines & Lyons 1997).
-The normals ``X1, X2`` of a node come from a generator seeded by a hash of (seed, level, index), so a node's
-value does not depend on the order of queries. A small LRU cache keeps the ancestors of recent queries, so
-sequential queries along a grid cost one (two with Lévy area) normal draw per step.
+:class:`FreshNoise` draws independent increments (no consistency, no memory): the cheapest source, used by
+``solve`` and ``sample`` when no path is given.
 
-Every query point is first snapped, by itself, to an exact dyadic fraction of the root: the shallowest node
-boundary at level l within ``min(1e-7, 1e-4 · 2^-l)`` of the root's length (so float32 grid times hit their
-cells), else the nearest point of level ``max_depth`` (resolution ``2^-max_depth``). Increments therefore add
-up exactly over any split, and two points snapped to the same boundary give a zero increment.
+The bridge split of an interval ``[a, b]`` (length ``h``) at ``m`` (``h1 = m - a``, ``h2 = b - m``), given its
+increment ``W`` and area ``H``, is the Gaussian conditional law of the four independent variables
+``W1, W2 ~ N(0, h_i)``, ``H1, H2 ~ N(0, h_i/12)`` under ``W = W1 + W2`` and
+``h H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2``:
+
+- ``E[W1] = (h1/h) W + 6 h1 h2/h² H``, ``E[H1] = (h1/h)² H``;
+- ``Var W1 = h1 h2 q / h³`` with ``q = h1² - h1 h2 + h2²``, ``Cov(W1, H1) = -h1³ h2 / (2 h³)``;
+- ``Var(H1 | W1) = h1 h2³ / (12 h q)`` (the Schur complement simplifies to this product: no cancellation);
+- the right child by symmetry (``6 h1 h2/h² H`` and the covariance change sign, ``h1 <-> h2``).
+
+Without Lévy area this reduces to the Brownian bridge ``W1 = (h1/h) W + sqrt(h1 h2/h) X``. The shorter child is
+always the one drawn and the longer one is the remainder, so a short increment is never the small difference of
+two large numbers (an interval of 1e-9 of the span keeps full relative precision in float32).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import struct
 from collections import OrderedDict
 
 import torch
 
 _MASK64 = (1 << 64) - 1
+
+#: the skeleton is refined until a cell is at most this many query steps long (the local chains of query
+#: splits inside a cell are then at most about this deep)
+CELL_STEPS = 32
 
 
 def _mix(*keys: int) -> int:
@@ -52,167 +64,526 @@ def _mix(*keys: int) -> int:
     return z & ((1 << 63) - 1)
 
 
-class BrownianPath:
-    """A consistent Brownian path on ``[t0, t1]``: call ``bm(s, t)`` for ``W(t) - W(s)``.
+def _check_args(t0, t1, shape, seed, cache_size):
+    t0, t1 = float(t0), float(t1)
+    if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
+        raise ValueError(f"a Brownian path needs finite t0 < t1, got t0={t0}, t1={t1}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, numbers.Integral) or cache_size < 4:
+        raise ValueError(f"cache_size must be an int >= 4, got {cache_size!r}")
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must have non-negative sizes, got {shape}")
+    return t0, t1, shape
+
+
+def split_values(w, area, h1: float, h2: float, normal):
+    """The children ``((W1, H1), (W2, H2))`` of an interval with increment ``w`` (and area ``area``, or None)
+    split into lengths ``h1`` (left) and ``h2`` (right). ``normal(which, std)`` returns a fresh normal tensor
+    (``which`` 1 for the increment, 2 for the area). See the module docstring for the law."""
+    h = h1 + h2
+    left_short = h1 <= h2
+    hs = h1 if left_short else h2
+    if area is None:
+        short = normal(1, math.sqrt(h1 * h2 / h)).add_(w, alpha=hs / h)  # one pass besides the draw
+        long = w - short
+        return ((short, None), (long, None)) if left_short else ((long, None), (short, None))
+    q = h1 * h1 - h1 * h2 + h2 * h2
+    sd_w = math.sqrt(h1 * h2 * q / h**3)
+    sign = 1.0 if left_short else -1.0
+    # the short child's (W, H): mean, then the Cholesky factor of its conditional covariance
+    cov = -sign * hs**3 * (h - hs) / (2 * h**3)
+    sd_h = math.sqrt(hs * (h - hs) ** 3 / (12 * h * q))
+    x1, x2 = normal(1, 1.0), normal(2, sd_h)
+    w_s = (x1 * sd_w).add_(w, alpha=hs / h).add_(area, alpha=sign * 6 * h1 * h2 / h**2)
+    a_s = x2.add_(x1, alpha=cov / sd_w).add_(area, alpha=(hs / h) ** 2)
+    w_l = w - w_s
+    hl = h - hs
+    # h H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2, solved for the long child's area (division by hl >= h/2)
+    if left_short:
+        a_l = (area * h - a_s * h1 - w_s * (h2 / 2) + w_l * (h1 / 2)) / hl
+        return (w_s, a_s), (w_l, a_l)
+    a_l = (area * h - a_s * h2 - w_l * (h2 / 2) + w_s * (h1 / 2)) / hl
+    return (w_l, a_l), (w_s, a_s)
+
+
+def combine_areas(parts):
+    """``(W, H)`` of adjacent intervals ``[(w, area, length), ...]`` (left to right):
+    ``(h1 + h2) H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2``."""
+    w, area, h = parts[0]
+    for w2, a2, h2 in parts[1:]:
+        area = (area * h + a2 * h2 + w * (0.5 * h2) - w2 * (0.5 * h)) / (h + h2)
+        w, h = w + w2, h + h2
+    return w, area
+
+
+class _Node:
+    """An interval ``[a, b]`` of the tree. ``mid`` is set once it is split into ``left``/``right``."""
+
+    __slots__ = ("a", "b", "parent", "left", "right", "mid", "seed", "skeleton", "lo", "hi", "depth")
+
+    def __init__(self, a, b, parent, seed, skeleton, lo=-1, hi=-1, depth=0):
+        self.a, self.b, self.parent, self.seed = a, b, parent, seed
+        self.left = self.right = self.mid = None
+        self.skeleton, self.lo, self.hi, self.depth = skeleton, lo, hi, depth
+
+
+class _PathBase:
+    """What both consistent paths share: argument checks, dtype/device/shape, the query entry points."""
+
+    levy_area: bool
+
+    def _init_common(self, t0, t1, shape, seed, dtype, device, levy_area, cache_size):
+        self.t0, self.t1, self.shape = _check_args(t0, t1, shape, seed, cache_size)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.seed, self.dtype = int(seed), dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.levy_area = bool(levy_area)
+        self.cache_size = int(cache_size)
+        self._gen = torch.Generator(device=self.device)
+
+    def _randn(self, seed: int, std: float = 1.0) -> torch.Tensor:
+        self._gen.manual_seed(seed)
+        return torch.normal(0.0, std, self.shape, generator=self._gen, dtype=self.dtype, device=self.device)
+
+    def _zeros(self):
+        return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+
+    def _times(self, s, t):
+        s, t = float(s), float(t)
+        span = self.t1 - self.t0
+        lo, hi = self.t0 - 1e-12 * span, self.t1 + 1e-12 * span
+        for name, v in (("s", s), ("t", t)):
+            if not (lo <= v <= hi):  # also catches NaN
+                raise ValueError(f"Brownian path queried at {name}={v:g}, outside its interval "
+                                 f"[{self.t0:g}, {self.t1:g}]")
+        return min(max(s, self.t0), self.t1), min(max(t, self.t0), self.t1)
+
+    def __call__(self, s, t) -> torch.Tensor:
+        """``W(t) - W(s)`` (the negative of ``bm(t, s)`` when ``s > t``)."""
+        s, t = self._times(s, t)
+        if s == t:
+            return self._zeros()
+        if s > t:
+            return -self._increment(t, s)
+        return self._increment(s, t)
+
+    def levy(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_{s,t}, H_{s,t})``: increment and space-time Lévy area. For ``s > t`` (a step of a reverse-time
+        solve) returns ``(-W_{t,s}, H_{t,s})``, the increment and area of the time-reversed motion."""
+        if not self.levy_area:
+            raise ValueError(f"this {type(self).__name__} has no Lévy area: create it with levy_area=True")
+        s, t = self._times(s, t)
+        if s == t:
+            return self._zeros(), self._zeros()
+        if s > t:
+            w, area = self._increment_and_area(t, s)
+            return -w, area
+        return self._increment_and_area(s, t)
+
+
+class BrownianPath(_PathBase):
+    """A consistent Brownian path on ``[t0, t1]``, fast on any grid: ``bm(s, t) = W(t) - W(s)``.
+
+    A binary tree of intervals split at the query points (see the module docstring): a query at a new point
+    costs one bridge draw of ``shape`` (two with Lévy area), so a solve along a uniform, log-SNR or adaptive
+    grid costs about one normal per step, with no tuning.
+
+    Guarantees:
+        - **Exact additivity**: every answer is a sum of the tree's leaf increments, so
+          ``bm(s, u) == bm(s, t) + bm(t, u)`` up to floating-point rounding for any points and any order.
+        - **Exact law at every scale**: increments over disjoint intervals are independent ``N(0, length)``;
+          there is no resolution limit: two distinct query points (as floats) never give a zero increment.
+        - **Reproducibility**: the value of every interval depends only on ``seed`` and on the points at which
+          its ancestors were split, i.e. on the query points in the order they first appeared. The same
+          sequence of queries gives bit-identical answers (also after cache evictions, on the same device and
+          dtype). A different sequence gives a different, equally exact Brownian path; points of the skeleton
+          (the ``grid`` hint, or dyadic points of ``[t0, t1]``) take the same value in any order. Use
+          :class:`VirtualBrownianTree` when the whole path must not depend on the order of queries.
+        - **Memory**: at most ``cache_size`` increments (tensors of ``shape``) are held; evicted ones are
+          recomputed exactly from their ancestors. The bookkeeping (two floats and a seed per node) grows with
+          the number of *distinct* query points, about 200 bytes each, never with repeated queries.
 
     Args:
         t0, t1: the interval (``t0 < t1``); queries may come in either order (``bm(t, s) = -bm(s, t)``).
-        shape: shape of one increment (e.g. the state's shape, batch first).
-        seed: integer seed; the same seed gives the same path on the same device and dtype.
+        shape: shape of one increment (the state's shape, batch first, or the SDE's Brownian shape).
+        seed: integer seed.
         dtype, device: of the increments.
-        n_cells: number of equal base cells; grids of ``n_cells · 2^k`` uniform steps are hit exactly
-            with one normal draw per step.
-        levy_area: also provide space-time Lévy areas (:meth:`levy`); doubles the draws.
-        max_depth: depth at which off-grid points stop being refined.
-        cache_size: number of tree nodes kept (each a tensor of ``shape``; two with Lévy area). Sequential
-            queries along a grid of depth d need about 2d.
+        levy_area: also provide space-time Lévy areas (:meth:`levy`); two draws per split.
+        grid: optional time grid that will be queried (e.g. the solver's ``ts``): its points become the
+            balanced skeleton, so the tree is shallow and their values do not depend on the query order.
+        dt: optional typical step; cells of the dyadic skeleton are refined to at most ``CELL_STEPS · dt``
+            around queried points. Without ``dt`` the length of each query plays this role, which is as fast.
+        n_cells: alias of ``dt = (t1 - t0) / n_cells`` (the virtual tree's cell count), for old code.
+        cache_size: number of increments kept (each a tensor of ``shape``; two with Lévy area).
     """
 
     def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
-                 n_cells: int = 1, levy_area: bool = False, max_depth: int = 40, cache_size: int = 96):
-        t0, t1 = float(t0), float(t1)
-        if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
-            raise ValueError(f"BrownianPath needs finite t0 < t1, got t0={t0}, t1={t1}")
+                 levy_area: bool = False, grid=None, dt: float | None = None, n_cells: int | None = None,
+                 cache_size: int = 64):
+        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size)
+        if n_cells is not None:
+            if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
+                raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
+            if dt is not None:
+                raise ValueError("give dt or n_cells, not both")
+            dt = (self.t1 - self.t0) / int(n_cells)
+        if dt is not None:
+            dt = float(dt)
+            if not (math.isfinite(dt) and dt > 0):
+                raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+        self.dt = dt
+        self._grid = self._skeleton_points(grid)
+        self._cache: OrderedDict = OrderedDict()  # recently used increments (LRU)
+        self._pending: OrderedDict = OrderedDict()  # computed siblings not used yet (oldest dropped first)
+        lo, hi = (0, len(self._grid) - 1) if self._grid is not None else (-1, -1)
+        self._root = _Node(self.t0, self.t1, None, _mix(self.seed, 0x5EED), True, lo, hi)
+        self._root_values = None
+        self._last = self._root  # search for the next query point starts near the last one
+        self.n_draws = 0  # bridge splits computed (each one normal draw of ``shape``; two with Lévy area)
+        self.n_nodes = 1  # intervals in the tree (bookkeeping only: no tensors)
+
+    def _skeleton_points(self, grid):
+        if grid is None:
+            return None
+        # a tensor keeps its own values (a float32 grid stays the float32 times); anything else is float64
+        g = grid if isinstance(grid, torch.Tensor) else torch.as_tensor(grid, dtype=torch.float64)
+        g = g.detach().to("cpu", torch.float64).reshape(-1)
+        if not bool(torch.isfinite(g).all()):
+            raise ValueError("grid contains NaN/Inf")
+        inside = sorted({v for v in g.tolist() if self.t0 < v < self.t1})
+        return [self.t0, *inside, self.t1]
+
+    # --- values -----------------------------------------------------------------------------------------
+    def _root_pair(self):
+        rv = self._root_values
+        if rv is None or rv[2] != rv[0]._version or (rv[1] is not None and rv[3] != rv[1]._version):
+            length = self.t1 - self.t0
+            w = self._randn(_mix(self.seed, 0x7007, 1), math.sqrt(length))
+            area = self._randn(_mix(self.seed, 0x7007, 2), math.sqrt(length / 12)) if self.levy_area else None
+            rv = self._root_values = (w, area, w._version, area._version if area is not None else 0)
+        return rv[0], rv[1]
+
+    def _cached(self, node):
+        hit = self._cache.get(node)
+        if hit is not None:
+            self._cache.move_to_end(node)
+        else:
+            hit = self._pending.pop(node, None)
+            if hit is None:
+                return None
+            self._store(node, hit)  # first use of a pending sibling: now an ordinary cache entry
+        w, area, wv, av = hit
+        if w._version != wv or (area is not None and area._version != av):  # modified in place by a caller
+            del self._cache[node]
+            return None
+        return w, area
+
+    def _store(self, node, entry):
+        cache = self._cache
+        cache[node] = entry
+        if len(cache) > self.cache_size - self.cache_size // 2:
+            cache.popitem(last=False)
+
+    def _store_pending(self, node, entry):
+        # the sibling not on the way down: a sequential sweep (forward or backward, through the skeleton or a
+        # chain of query splits) needs it later, after many other entries, so it waits in its own half of the
+        # cache until its first use instead of being evicted by them
+        pending = self._pending
+        pending[node] = entry
+        if len(pending) > self.cache_size // 2:
+            pending.popitem(last=False)
+
+    @staticmethod
+    def _entry(values):
+        w, area = values
+        return w, area, w._version, area._version if area is not None else 0
+
+    def _values(self, node):
+        """``(W, H)`` of ``node``, from the cache or recomputed from its nearest cached ancestor."""
+        if node is self._root:
+            return self._root_pair()
+        hit = self._cached(node)
+        if hit is not None:
+            return hit
+        chain = []
+        n = node
+        while True:
+            chain.append(n)
+            n = n.parent
+            if n is self._root:
+                values = self._root_pair()
+                break
+            values = self._cached(n)
+            if values is not None:
+                break
+        for child in reversed(chain):
+            parent = child.parent
+            left, right = self._split_values(parent, values)
+            values, other, other_node = (left, right, parent.right) if child is parent.left else (
+                right, left, parent.left)
+            self._store(child, self._entry(values))
+            self._store_pending(other_node, self._entry(other))
+        return values
+
+    def _split_values(self, node, values):
+        self.n_draws += 1
+        seed = node.seed
+        return split_values(*values, node.mid - node.a, node.b - node.mid,
+                            lambda which, std: self._randn(_mix(seed, which), std))
+
+    # --- structure ----------------------------------------------------------------------------------------
+    def _split(self, node, m: float, skeleton: bool):
+        node.mid = m
+        self.n_nodes += 2
+        d = node.depth + 1
+        if node.lo >= 0 and node.hi - node.lo >= 2:  # a grid range: children keep their halves of it
+            k = (node.lo + node.hi) // 2
+            node.left = _Node(node.a, m, node, _mix(node.seed, 3), True, node.lo, k, d)
+            node.right = _Node(m, node.b, node, _mix(node.seed, 4), True, k, node.hi, d)
+        else:
+            node.left = _Node(node.a, m, node, _mix(node.seed, 3), skeleton, -1, -1, d)
+            node.right = _Node(m, node.b, node, _mix(node.seed, 4), skeleton, -1, -1, d)
+
+    def _insert(self, p: float, h_ref: float) -> None:
+        """Make ``p`` a node boundary: descend to the leaf containing it, refining the skeleton while its cell
+        is longer than ``CELL_STEPS · h_ref``, then split that leaf at ``p`` itself."""
+        node = self._last
+        while not (node.a <= p <= node.b):
+            node = node.parent
+        while True:
+            if p == node.a or p == node.b:
+                break
+            if node.mid is not None:
+                if p == node.mid:
+                    break
+                node = node.left if p < node.mid else node.right
+                continue
+            if node.skeleton:
+                if node.lo >= 0 and node.hi - node.lo >= 2:
+                    self._split(node, self._grid[(node.lo + node.hi) // 2], True)
+                    continue
+                m = 0.5 * (node.a + node.b)
+                if node.b - node.a > CELL_STEPS * h_ref and node.a < m < node.b and node.depth < 200:
+                    self._split(node, m, True)
+                    continue
+            self._split(node, p, False)
+            break
+        self._last = node
+
+    def _cover(self, s: float, t: float):
+        """The tree's nodes that tile ``[s, t]`` (both already node boundaries), left to right."""
+        node = self._last
+        while not (node.a <= s and t <= node.b):
+            node = node.parent
+        while node.mid is not None and (t <= node.mid or s >= node.mid):  # lowest node containing [s, t]
+            node = node.left if t <= node.mid else node.right
+        out, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            if s <= n.a and n.b <= t:
+                out.append(n)
+            elif n.b > s and n.a < t:
+                stack.append(n.right)
+                stack.append(n.left)
+        return out
+
+    def _nodes(self, s: float, t: float):
+        h_ref = t - s if self.dt is None else min(t - s, self.dt)
+        self._insert(s, h_ref)
+        self._insert(t, h_ref)
+        return self._cover(s, t)
+
+    def _increment(self, s, t):
+        nodes = self._nodes(s, t)
+        w = self._values(nodes[0])[0]
+        for n in nodes[1:]:
+            w = w + self._values(n)[0]
+        return w
+
+    def _increment_and_area(self, s, t):
+        nodes = self._nodes(s, t)
+        if len(nodes) == 1:
+            return self._values(nodes[0])
+        return combine_areas([(*self._values(n), n.b - n.a) for n in nodes])
+
+    def __repr__(self):
+        hint = f", grid of {len(self._grid) - 1} steps" if self._grid is not None else (
+            f", dt={self.dt:g}" if self.dt is not None else "")
+        return (f"BrownianPath([{self.t0:g}, {self.t1:g}], shape={self.shape}, seed={self.seed}, "
+                f"levy_area={self.levy_area}{hint})")
+
+
+class VirtualBrownianTree(_PathBase):
+    """A Brownian path whose values do not depend on the order of queries (a virtual Brownian tree).
+
+    A dyadic tree over ``[t0, t0 + L]`` whose level-``K`` nodes are the ``n_cells`` equal cells of
+    ``[t0, t1]`` (``K = ceil(log2 n_cells)``); every node's split draws come from a generator seeded by a hash
+    of (seed, level, index), so any query order gives the same path. A query point is located to the dyadic
+    cell of level ``K + max_depth`` containing it (a point within 8 float64 ulps of the span of a cell-level
+    node, e.g. a grid time computed in float64, is that node), and its value inside that cell is one more
+    bridge draw seeded by the point's bits. The path is therefore exact down to cells of
+    ``2^-max_depth`` of the span (about 1e-12 for the default 40); below that two points in one cell are
+    conditionally independent given the cell, so their increment has the right variance to within the cell's
+    length but is never exactly zero.
+
+    Costs: grids of ``n_cells · 2^k`` uniform steps computed in float64 cost one draw per step; any other point
+    costs up to ``max_depth`` draws the first time (this is the price of order independence: use
+    :class:`BrownianPath` for speed). Memory is bounded by ``cache_size``.
+    """
+
+    def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
+                 levy_area: bool = False, n_cells: int = 1, max_depth: int = 40, cache_size: int = 96):
+        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size)
         if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
             raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
-        if not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.t0, self.t1 = t0, t1
-        self.shape = tuple(shape)
-        self.seed, self.dtype = seed, dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.levy_area = bool(levy_area)
-        self.n_cells = n_cells = int(n_cells)
-        self._k0 = max(0, math.ceil(math.log2(n_cells)))  # level of the cells
-        self.length = (t1 - t0) / n_cells * 2**self._k0  # root covers [t0, t0 + length] ⊇ [t0, t1]
+        if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral) or not 1 <= max_depth <= 50:
+            raise ValueError(f"max_depth must be an int in [1, 50], got {max_depth!r}")
+        self.n_cells = int(n_cells)
+        self._k0 = max(0, math.ceil(math.log2(self.n_cells)))
+        self.length = (self.t1 - self.t0) / self.n_cells * 2**self._k0
         self.max_depth = self._k0 + int(max_depth)
         self._cache: OrderedDict = OrderedDict()
-        self._cache_size = int(cache_size)
-        self._gen = torch.Generator(device=self.device)
-        self._tol = 1e-7  # relative to the root's length: dyadic-point detection
-        root_h = self.length
-        w = math.sqrt(root_h) * self._randn(0, 0, 0)
-        h = math.sqrt(root_h / 12) * self._randn(0, 0, 1) if self.levy_area else None
-        self._root = (w, h)
+        self._root = None
+        self.n_draws = 0
 
-    # --- noise ------------------------------------------------------------------------------------------
-    def _randn(self, level: int, index: int, which: int) -> torch.Tensor:
-        self._gen.manual_seed(_mix(self.seed, level, index, which))
-        return torch.randn(self.shape, generator=self._gen, dtype=self.dtype, device=self.device)
+    def _node_seed(self, level, index, which):
+        return _mix(self.seed, level, index, which)
+
+    def _root_pair(self):
+        if self._root is None:
+            w = self._randn(self._node_seed(0, 0, 0), math.sqrt(self.length))
+            area = self._randn(self._node_seed(0, 0, 1), math.sqrt(self.length / 12)) if self.levy_area else None
+            self._root = (w, area)
+        return self._root
 
     def _node(self, level: int, index: int):
         """(W, H) of dyadic node ``(level, index)`` of length ``length / 2^level``."""
         if level == 0:
-            return self._root
+            return self._root_pair()
         key = (level, index)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         pw, ph = self._node(level - 1, index >> 1)
+        self.n_draws += 1
         u = self.length / 2**level
-        x1 = self._randn(level - 1, index >> 1, 2)
-        if self.levy_area:
-            d = 3 * ph + math.sqrt(u / 2) * x1
-            s = 2 * ph - d / 2
-            e = math.sqrt(u / 6) * self._randn(level - 1, index >> 1, 3)
-            left, right = ((pw + d) / 2, (s + e) / 2), ((pw - d) / 2, (s - e) / 2)
-        else:
-            d = math.sqrt(2 * u) * x1
-            left, right = ((pw + d) / 2, None), ((pw - d) / 2, None)
-        self._store((level, index & ~1), left)
-        self._store((level, index | 1), right)
+        left, right = split_values(pw, ph, u, u, lambda which, std: self._randn(
+            self._node_seed(level - 1, index >> 1, 1 + which), std))
+        for k, v in (((level, index & ~1), left), ((level, index | 1), right)):
+            self._cache[k] = v
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         return left if index % 2 == 0 else right
 
-    def _store(self, key, value):
-        self._cache[key] = value
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    # --- queries ------------------------------------------------------------------------------------------
-    def _check(self, s: float, t: float):
-        span = self.t1 - self.t0
-        lo, hi = self.t0 - 1e-12 * span, self.t1 + 1e-12 * span
-        for name, v in (("s", s), ("t", t)):
-            if not (lo <= v <= hi):
-                raise ValueError(f"Brownian path queried at {name}={v:g}, outside its interval "
-                                 f"[{self.t0:g}, {self.t1:g}]")
-
-    def _snap(self, u: float) -> float:
-        """The query point as an exact dyadic fraction of the root: the shallowest node boundary at level l
-        within ``min(1e-7, 1e-4 · 2^-l)`` of the root's length (absorbs float32 rounding of grid times at the
-        cell levels, never moves a point by more than 1e-4 of the local node), else the nearest point of the
-        finest level. Depends on the point alone, so increments add up exactly across any split."""
+    def _locate(self, u: float):
+        """``(level, k, frac)``: the point as the dyadic boundary ``k/2^level`` of the root (``frac = 0``), or
+        as the fraction ``frac`` of the way through cell ``k`` of the finest level."""
         u_rel = (u - self.t0) / self.length
-        for level in range(self.max_depth + 1):
+        tol = 8 * 2.0**-52 * (self.t1 - self.t0) / self.length
+        for level in range(self._k0 + 1):  # cell-level nodes absorb float64 rounding of grid times
             n = 2**level
             k = round(u_rel * n)
-            if abs(u_rel - k / n) <= min(self._tol, 1e-4 / n):
-                return k / n
+            if abs(u_rel - k / n) <= tol:
+                return level, k, 0.0
         n = 2**self.max_depth
-        return round(u_rel * n) / n
+        k = math.floor(u_rel * n)
+        frac = u_rel * n - k
+        if frac == 0.0:
+            return self.max_depth, k, 0.0
+        if k >= n:
+            return self.max_depth, n, 0.0
+        return self.max_depth, k, frac
 
-    def _cover(self, a_rel: float, b_rel: float):
-        """Nodes covering the dyadic interval [a_rel, b_rel] (root units, a_rel < b_rel), left to right."""
+    def _cell_bridge(self, k: int, frac: float, u: float):
+        """``(W, H)`` of ``[cell start, u]`` inside the finest cell ``k``: one bridge draw given the cell."""
+        w, area = self._node(self.max_depth, k)
+        h = self.length / 2**self.max_depth
+        bits = struct.unpack("<q", struct.pack("<d", u))[0]
+        self.n_draws += 1
+        left, _ = split_values(w, area, frac * h, (1 - frac) * h,
+                               lambda which, std: self._randn(_mix(self.seed, 0xB81D, k, bits, which), std))
+        return left
+
+    def _parts(self, s: float, t: float):
+        """``[(W, H, length), ...]`` tiling ``[s, t]`` left to right."""
+        ls, ks, fs = self._locate(s)
+        lt, kt, ft = self._locate(t)
+        n = 2**self.max_depth
+        a_idx = ks * 2 ** (self.max_depth - ls)  # first finest cell at or after the dyadic part of s
+        b_idx = kt * 2 ** (self.max_depth - lt)
+        parts = []
+        h_cell = self.length / n
+        if fs != 0.0 and ft != 0.0 and a_idx == b_idx:  # both inside one finest cell
+            w1, h1 = self._cell_bridge(ks, fs, s)
+            w2, h2 = self._cell_bridge(kt, ft, t)
+            if h1 is None:
+                return [(w2 - w1, None, t - s)]
+            # (W, H) of [s, t] from those of [c, s] and [c, t]: solve the combination rule for the right part
+            ls_, lt_ = fs * h_cell, ft * h_cell
+            w = w2 - w1
+            area = (h2 * lt_ - h1 * ls_ - w1 * (0.5 * (lt_ - ls_)) + w * (0.5 * ls_)) / (lt_ - ls_)
+            return [(w, area, t - s)]
+        if fs != 0.0:  # the rest of s's finest cell: cell minus its part before s
+            wc, hc = self._node(self.max_depth, ks)
+            w1, h1 = self._cell_bridge(ks, fs, s)
+            ls_ = fs * h_cell
+            w = wc - w1
+            area = None
+            if hc is not None:
+                area = (hc * h_cell - h1 * ls_ - w1 * (0.5 * (h_cell - ls_)) + w * (0.5 * ls_)) / (h_cell - ls_)
+            parts.append((w, area, h_cell - ls_))
+            a_idx += 1
+        parts.extend(self._cover(a_idx, b_idx))
+        if ft != 0.0:
+            w1, h1 = self._cell_bridge(kt, ft, t)
+            parts.append((w1, h1, ft * h_cell))
+        return parts
+
+    def _cover(self, a_idx: int, b_idx: int):
+        """Dyadic nodes tiling finest cells ``[a_idx, b_idx)``, left to right."""
         out = []
+        if a_idx >= b_idx:
+            return out
         stack = [(0, 0)]
+        dmax = self.max_depth
         while stack:
             level, idx = stack.pop()
-            n = 2**level
-            lo, hi = idx / n, (idx + 1) / n  # exact: dyadic fractions
-            if hi <= a_rel or lo >= b_rel:
+            span = 2 ** (dmax - level)
+            lo, hi = idx * span, (idx + 1) * span
+            if hi <= a_idx or lo >= b_idx:
                 continue
-            if lo >= a_rel and hi <= b_rel:
-                w, hh = self._node(level, idx)
-                out.append((w, hh, self.length / n))
+            if lo >= a_idx and hi <= b_idx:
+                w, area = self._node(level, idx)
+                out.append((w, area, self.length / 2**level))
                 continue
             stack.append((level + 1, 2 * idx + 1))
             stack.append((level + 1, 2 * idx))
         return out
 
-    def __call__(self, s, t) -> torch.Tensor:
-        """``W(t) - W(s)`` (negative of ``bm(t, s)`` when ``s > t``)."""
-        s, t = float(s), float(t)
-        self._check(s, t)
-        if s == t:
-            return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-        if s > t:
-            return -self(t, s)
-        a, b = self._snap(s), self._snap(t)
-        if a == b:
-            return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-        parts = self._cover(a, b)
+    def _increment(self, s, t):
+        parts = self._parts(s, t)
         w = parts[0][0]
         for p in parts[1:]:
             w = w + p[0]
         return w
 
-    def levy(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W_{s,t}, H_{s,t})``: increment and space-time Lévy area. For ``s > t`` (a step of a reverse-time
-        solve) returns ``(-W_{t,s}, H_{t,s})``, the increment and area of the time-reversed motion."""
-        if not self.levy_area:
-            raise ValueError("this BrownianPath has no Lévy area: create it with levy_area=True")
-        s, t = float(s), float(t)
-        self._check(s, t)
-        if s > t:
-            w, h = self.levy(t, s)
-            return -w, h
-        a, b = self._snap(s), self._snap(t)
-        if a == b:
-            z = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-            return z, z.clone()
-        parts = self._cover(a, b)
-        w, hh, h = parts[0]
-        for w2, h2, len2 in parts[1:]:
-            # adjacent intervals: (h1 + h2) H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2
-            hh = (h * hh + len2 * h2 + 0.5 * len2 * w - 0.5 * h * w2) / (h + len2)
-            w, h = w + w2, h + len2
-        return w, hh
+    def _increment_and_area(self, s, t):
+        parts = self._parts(s, t)
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1]
+        return combine_areas(parts)
 
     def __repr__(self):
-        return (f"BrownianPath([{self.t0:g}, {self.t1:g}], shape={self.shape}, seed={self.seed}, "
-                f"levy_area={self.levy_area})")
+        return (f"VirtualBrownianTree([{self.t0:g}, {self.t1:g}], shape={self.shape}, seed={self.seed}, "
+                f"n_cells={self.n_cells}, levy_area={self.levy_area})")
 
 
 class FreshNoise:
@@ -225,11 +596,12 @@ class FreshNoise:
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
 
     def __call__(self, s, t) -> torch.Tensor:
-        z = torch.randn(self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
-        return z * math.sqrt(abs(float(t) - float(s)))
+        std = math.sqrt(abs(float(t) - float(s)))
+        return torch.normal(0.0, std, self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
     def levy(self, s, t):
         h = abs(float(t) - float(s))
         w = self(s, t)
-        hh = torch.randn(self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
-        return w, hh * math.sqrt(h / 12)
+        area = torch.normal(0.0, math.sqrt(h / 12), self.shape, generator=self.generator, dtype=self.dtype,
+                            device=self.device)
+        return w, area

@@ -113,7 +113,7 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
             shape = problem.brownian_shape(tuple(x_T.shape))
             brownian = BrownianPath(float(ts[-1]), float(ts[0]), shape, seed=seed, dtype=x_T.dtype,
-                                    device=x_T.device, levy_area=True)
+                                    device=x_T.device, levy_area=True, grid=ts)
         sol = solve(problem, x_T, s, ts=ts, save_at="steps" if return_trajectory else None,
                     brownian=brownian, generator=None if (brownian is not None or not stochastic) else generator,
                     progress=progress)

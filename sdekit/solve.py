@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .brownian import BrownianPath, FreshNoise
+from ._utils import time_like
+from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
 from .solvers import Solver
 from .solvers import get as get_solver
 
@@ -114,7 +115,7 @@ def _noise_source(problem, solver: Solver, x0, brownian, generator, t_first, t_l
     if solver.needs_levy_area and not getattr(brownian, "levy_area", False):
         raise ValueError(f"solver {solver.name!r} needs the space-time Lévy area: "
                          "use BrownianPath(..., levy_area=True)")
-    if isinstance(brownian, BrownianPath):
+    if isinstance(brownian, (BrownianPath, VirtualBrownianTree)):
         if brownian.dtype != x0.dtype or brownian.device.type != x0.device.type:
             raise ValueError(f"Brownian path dtype/device ({brownian.dtype}, {brownian.device}) must match x0's "
                              f"({x0.dtype}, {x0.device})")
@@ -155,8 +156,11 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
             and ``controller`` (a :class:`PIController`) for adaptive steps (ODEs with an embedded pair).
         save_at: times to save (a 1-D tensor/list; on a fixed grid they must be grid points; adaptive
             solves use the solver's dense output), or ``"steps"`` for every step of a fixed grid.
-        brownian: a :class:`~sdekit.brownian.BrownianPath` (or any ``bm(s, t)``); else fresh noise from
-            ``generator``.
+        brownian: a :class:`~sdekit.brownian.BrownianPath` (or a ``VirtualBrownianTree``, or any ``bm(s, t)``);
+            else fresh noise from ``generator``.
+
+    Drift and diffusion receive ``t`` as a 0-d tensor in ``x0``'s dtype and on its device (as in torchdiffeq
+    and torchsde); step sizes are computed from the float64 grid.
         progress: show a tqdm progress bar.
     """
     if not hasattr(problem, "drift"):
@@ -234,7 +238,7 @@ def _save_indices(save_at, grid):
 
 
 def _rms(x: torch.Tensor) -> float:
-    return float(torch.sqrt(torch.mean(x.to(torch.float64) ** 2)))
+    return float(torch.sqrt(torch.mean(x.detach().to(torch.float64) ** 2)))
 
 
 def _initial_step(problem, solver, t0, x0, direction, ctrl, f0, span):
@@ -243,7 +247,7 @@ def _initial_step(problem, solver, t0, x0, direction, ctrl, f0, span):
     d0, d1 = _rms(x0 / scale), _rms(f0 / scale)
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     h0 = min(h0, span)
-    f1 = problem.drift(torch.tensor(t0 + direction * h0, dtype=torch.float64), x0 + direction * h0 * f0)
+    f1 = problem.drift(time_like(t0 + direction * h0, x0), x0 + direction * h0 * f0)
     d2 = _rms((f1 - f0) / scale) / h0
     k = (solver.order or 1.0)
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / k)
@@ -275,7 +279,7 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
             raise ValueError("save_at times must be ordered in the direction of integration")
     err_order = (solver.order or 1.0) - 1.0  # embedded estimate is one order lower
     t, x = t0, x0
-    f0 = problem.drift(torch.tensor(t0, dtype=torch.float64), x0)
+    f0 = problem.drift(time_like(t0, x0), x0)
     nfe = 1
     state = f0
     if ctrl.dt0 is not None:

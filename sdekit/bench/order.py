@@ -137,8 +137,10 @@ def convergence_order(problem, solver, x0: torch.Tensor, *, t0: float, t1: float
     if kind == "strong" and exact is None:
         raise ValueError("strong order needs the pathwise exact(x0, bm)")
     lo, hi = min(t0, t1), max(t0, t1)
+    # the finest grid is the path's skeleton (the coarser uniform grids of power-of-two steps are subsets)
     bm = BrownianPath(lo, hi, problem.brownian_shape(tuple(x0.shape)), seed=seed, dtype=x0.dtype,
-                      device=x0.device, levy_area=solver.needs_levy_area)
+                      device=x0.device, levy_area=solver.needs_levy_area,
+                      grid=torch.linspace(t0, t1, max(steps) + 1, dtype=torch.float64))
     phi = phi or (lambda x: (x.reshape(x.shape[0], -1) ** 2).sum(-1))
     ref = exact(x0, bm) if exact is not None else None
     per_sample = []

@@ -82,7 +82,10 @@ class DiffusionSampler(Solver):
     def model_out(problem, st, x, t: float, kind: str):
         st["nfe"] += 1
         try:
-            return problem.model.predict(x, _t(t), kind, **getattr(problem, "cond", {}))
+            # float64 on the state's device (a fill, no copy): the model's schedule coefficients keep full
+            # precision; a ScoreModel hands its network t in x's dtype
+            t_dev = torch.full((), t, dtype=torch.float64, device=x.device)
+            return problem.model.predict(x, t_dev, kind, **getattr(problem, "cond", {}))
         except ValueError as e:
             raise ValueError(f"at step {st['k'] + 1} (t = {t:.6g}): {e}") from e
 

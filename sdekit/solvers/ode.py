@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._utils import time_like
 from .base import Solver
 
 
@@ -105,12 +106,12 @@ class ExplicitRK(Solver):
     def step(self, problem, t0, t1, x0, noise, state):
         tab, h = self.tableau, t1 - t0
         f = problem.drift
-        k = [state if state is not None else f(_tt(t0), x0)]
+        k = [state if state is not None else f(time_like(t0, x0), x0)]
         for i in range(1, self._stages):
             xi = x0 + _weighted(tab.a[i], k, h)  # sum the stage increment first: one rounding onto x0
             if tab.fsal and i == self._stages - 1:
                 x1 = xi  # last stage evaluates at the solution
-            k.append(f(_tt(t0 + tab.c[i] * h), xi))
+            k.append(f(time_like(t0 + tab.c[i] * h, x0), xi))
         if not tab.fsal:
             x1 = x0 + _weighted(tab.b, k, h)
         err = None
@@ -143,10 +144,6 @@ def _weighted(coeffs, ks, h):
         if c != 0.0:
             acc = kj * (h * c) if acc is None else acc.add(kj, alpha=h * c)
     return acc if acc is not None else torch.zeros_like(ks[0])
-
-
-def _tt(t: float) -> torch.Tensor:
-    return torch.tensor(t, dtype=torch.float64)
 
 
 def _rk(name_, tableau_, order_, doc):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import Solver
-from .ode import _tt
+from .._utils import time_like
 
 
 class EulerMaruyama(Solver):
@@ -27,7 +27,7 @@ class EulerMaruyama(Solver):
     evals_per_step = 1
 
     def step(self, problem, t0, t1, x0, noise, state):
-        t = _tt(t0)
+        t = time_like(t0, x0)
         x1 = x0 + problem.drift(t, x0) * (t1 - t0)
         if noise is not None:
             x1 = x1 + problem.g_dw(problem.diffusion(t, x0), noise, x0)
@@ -49,7 +49,7 @@ class Milstein(Solver):
     evals_per_step = 1
 
     def step(self, problem, t0, t1, x0, noise, state):
-        t, h = _tt(t0), t1 - t0
+        t, h = time_like(t0, x0), t1 - t0
         x1 = x0 + problem.drift(t, x0) * h
         if noise is None:
             return x1, None, None
@@ -78,7 +78,7 @@ class StochasticHeun(Solver):
     evals_per_step = 2
 
     def step(self, problem, t0, t1, x0, noise, state):
-        ta, tb, h = _tt(t0), _tt(t1), t1 - t0
+        ta, tb, h = time_like(t0, x0), time_like(t1, x0), t1 - t0
         f0 = problem.drift(ta, x0)
         if noise is None:
             pred = x0 + f0 * h
@@ -108,17 +108,17 @@ class SRA1(Solver):
     needs_levy_area = True
 
     def step(self, problem, t0, t1, x0, noise, state):
-        ta, h = _tt(t0), t1 - t0
+        ta, h = time_like(t0, x0), t1 - t0
         f0 = problem.drift(ta, x0)
         if noise is None:
-            k2 = problem.drift(_tt(t0 + 0.75 * h), x0 + 0.75 * h * f0)
+            k2 = problem.drift(time_like(t0 + 0.75 * h, x0), x0 + 0.75 * h * f0)
             return x0 + h * (f0 / 3 + 2 * k2 / 3), None, None
         dw, area = noise
         j = 0.5 * dw + area
         g0 = problem.diffusion(ta, x0)
-        g1 = problem.diffusion(_tt(t1), x0)
+        g1 = problem.diffusion(time_like(t1, x0), x0)
         h2 = x0 + 0.75 * h * f0 + 1.5 * problem.g_dw(g1, j, x0)
-        f2 = problem.drift(_tt(t0 + 0.75 * h), h2)
+        f2 = problem.drift(time_like(t0 + 0.75 * h, x0), h2)
         x1 = x0 + h * (f0 / 3 + 2 * f2 / 3) + problem.g_dw(g1, dw - j, x0) + problem.g_dw(g0, j, x0)
         return x1, None, None
 
