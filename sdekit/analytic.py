@@ -266,7 +266,7 @@ class OrnsteinUhlenbeck(SDE):
         super().__init__(noise_type="additive")
 
     def drift(self, t, x):
-        return self.theta * (self.mu - x)
+        return x * -self.theta if self.mu == 0.0 else (self.mu - x) * self.theta
 
     def diffusion(self, t, x=None):
         return torch.full((), self.sigma_, dtype=x.dtype if x is not None else torch.float64)

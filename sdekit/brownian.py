@@ -342,13 +342,16 @@ class BrownianPath(_PathBase):
         node.mid = m
         self.n_nodes += 2
         d = node.depth + 1
+        # children's keys: one LCG step of the parent's (distinct for the two sides); every draw hashes its key
+        # with _mix, so these need no mixing of their own
+        base = (node.seed * 6364136223846793005) & _MASK64
         if node.lo >= 0 and node.hi - node.lo >= 2:  # a grid range: children keep their halves of it
             k = (node.lo + node.hi) // 2
-            node.left = _Node(node.a, m, node, _mix(node.seed, 3), True, node.lo, k, d)
-            node.right = _Node(m, node.b, node, _mix(node.seed, 4), True, k, node.hi, d)
+            node.left = _Node(node.a, m, node, base + 1, True, node.lo, k, d)
+            node.right = _Node(m, node.b, node, base + 3, True, k, node.hi, d)
         else:
-            node.left = _Node(node.a, m, node, _mix(node.seed, 3), skeleton, -1, -1, d)
-            node.right = _Node(m, node.b, node, _mix(node.seed, 4), skeleton, -1, -1, d)
+            node.left = _Node(node.a, m, node, base + 1, skeleton, -1, -1, d)
+            node.right = _Node(m, node.b, node, base + 3, skeleton, -1, -1, d)
 
     def _insert(self, p: float, h_ref: float) -> None:
         """Make ``p`` a node boundary: descend to the leaf containing it, refining the skeleton while its cell

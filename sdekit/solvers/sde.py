@@ -28,9 +28,9 @@ class EulerMaruyama(Solver):
 
     def step(self, problem, t0, t1, x0, noise, state):
         t = time_like(t0, x0)
-        x1 = x0 + problem.drift(t, x0) * (t1 - t0)
+        x1 = torch.add(x0, problem.drift(t, x0), alpha=t1 - t0)
         if noise is not None:
-            x1 = x1 + problem.g_dw(problem.diffusion(t, x0), noise, x0)
+            x1 = x1.add_(problem.g_dw(problem.diffusion(t, x0), noise, x0))  # x1 is a fresh tensor
         return x1, None, None
 
 
