@@ -1,16 +1,20 @@
 # The two commands of the README: `make demo` (the main job on the embedded default) and `make test`.
-# Each creates its own virtual environment on first use: the CPU build of torch first (so pip never fetches
-# a multi-gigabyte CUDA build), then the package with its extras.
+# Each creates its own virtual environment on first use: torch first, then the package with its extras.
+# torch comes from the package index pip is configured with; on Linux x86-64 PyPI's torch wheel is the CUDA
+# build (it runs on a CPU, but pulls in the nvidia-* CUDA packages, several GB). For the CPU-only wheel:
+#   make clean && make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 VENV ?= .venv
+TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdekit-installed
 
 .PHONY: demo test setup lint clean
 
-$(STAMP): pyproject.toml
+# Reinstalls when pyproject.toml (dependencies, extras) or this file (the torch pin) changes.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 

@@ -10,7 +10,7 @@
 - :class:`ImpulseNoise` / :func:`exact_moments`: exact weak moments of a scheme on a linear SDE (no Monte-Carlo).
 - :class:`CountingProblem`: counts drift and diffusion evaluations.
 
-Needs hypothesis (``pip install 'sdekit[test]'``). See ``docs/testing.md``.
+Needs hypothesis (``pip install 'sdekit[testing]'``). See ``docs/testing.md``.
 """
 
 from . import (

@@ -58,7 +58,8 @@ try:
     from hypothesis import strategies as st
     from hypothesis.errors import Flaky
 except ImportError as e:  # pragma: no cover - hypothesis is a test dependency
-    raise ImportError("sdekit.testing needs hypothesis: pip install 'sdekit[test]' (or pip install hypothesis)") from e
+    raise ImportError("sdekit.testing needs hypothesis: pip install 'sdekit[testing]' "
+                      "(or pip install hypothesis)") from e
 
 from ..bench import convergence_order, fit_order
 from ..brownian import BrownianPath

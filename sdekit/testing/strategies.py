@@ -24,7 +24,8 @@ import torch
 try:
     from hypothesis import strategies as st
 except ImportError as e:  # pragma: no cover - hypothesis is a test dependency
-    raise ImportError("sdekit.testing needs hypothesis: pip install 'sdekit[test]' (or pip install hypothesis)") from e
+    raise ImportError("sdekit.testing needs hypothesis: pip install 'sdekit[testing]' "
+                      "(or pip install hypothesis)") from e
 
 from ..analytic import GaussianMixture
 from ..processes import EDM, VE, VP, SubVP
