@@ -2,14 +2,18 @@
 
 ``sdekit.zoo.load("moons-vp-eps")`` returns a :class:`~sdekit.models.ScoreModel` (EMA weights, network in
 eval mode with gradients off for its parameters, ``.process`` and ``.sample_shape`` set). :func:`available`
-lists the names; :func:`info` returns a checkpoint's sidecar.
+lists the names; :func:`info` returns a checkpoint's sidecar. Names are looked up in the package's folder
+(:data:`ZOO_DIR`), or in the folder named by the environment variable ``SDEKIT_ZOO_DIR`` when it is set (so
+the ``sdekit`` command can use your own checkpoints), or in the ``root`` passed to these functions.
 
 **Format.** A checkpoint is two files: ``NAME.safetensors`` (the state dict; safetensors holds raw tensors
 only, so loading never unpickles anything) and ``NAME.json``, a sidecar with the architecture name and
 keyword arguments, the process spec (:func:`process_spec`), prediction, time input, sample shape, the name,
 shape and dtype of every tensor, the SHA-256 of the weights file, the data, the training settings, final
 loss, wall time and the sdekit version. :func:`load` checks the weights against the sidecar (keys, shapes,
-hash) and against the architecture it builds, and raises :class:`CheckpointError` naming the difference.
+hash) and against the architecture it builds, and raises :class:`CheckpointError` naming the file and the
+difference, also for a weights file that is not valid safetensors (truncated, empty, a corrupt header) and for
+a sidecar without a well-formed ``sha256``.
 
 **Reproduction.** :data:`RECIPES` says how each shipped model was trained; ``python scripts/train_zoo.py
 NAME`` (or :func:`train_recipe`) retrains it and writes both files.
@@ -22,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +41,8 @@ from ..schedules import CosineSchedule, DiscreteSchedule, LinearSchedule
 
 __all__ = [
     "FORMAT",
+    "ZOO_DIR",
+    "ZOO_DIR_ENV",
     "RECIPES",
     "CheckpointError",
     "Recipe",
@@ -52,11 +59,18 @@ __all__ = [
 ]
 
 FORMAT = "sdekit-zoo/1"
+#: The folder of the checkpoints shipped in the package.
 ZOO_DIR = Path(__file__).resolve().parent
+#: Environment variable naming a folder to look names up in instead of :data:`ZOO_DIR`.
+ZOO_DIR_ENV = "SDEKIT_ZOO_DIR"
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint whose sidecar does not describe its weights (or is malformed)."""
+    """A checkpoint whose files are unreadable, or whose sidecar does not describe its weights (or is malformed).
+
+    A :class:`ValueError`, so the ``sdekit`` command reports it as one line.
+    """
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,36 +199,70 @@ def save(path: str | os.PathLike, net: nn.Module, process: DiffusionProcess, *, 
     return weights_path, sidecar_path
 
 
-def available() -> list[str]:
-    """Names of the checkpoints shipped in the package (each ``NAME.json`` beside ``NAME.safetensors``)."""
-    return sorted(p.stem for p in ZOO_DIR.glob("*.json") if (ZOO_DIR / f"{p.stem}.safetensors").exists())
+def _zoo_dir(root: str | os.PathLike | None) -> Path:
+    """The folder names are looked up in: ``root``, else ``$SDEKIT_ZOO_DIR`` when set and non-empty, else
+    :data:`ZOO_DIR`."""
+    if root is not None:
+        return Path(root)
+    from_env = os.environ.get(ZOO_DIR_ENV)
+    return Path(from_env) if from_env else ZOO_DIR
 
 
-def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
-    known = available()
+def available(root: str | os.PathLike | None = None) -> list[str]:
+    """Names of the checkpoints in the zoo folder (each ``NAME.json`` beside ``NAME.safetensors``).
+
+    The folder is ``root`` if given, else ``$SDEKIT_ZOO_DIR`` if set, else the package's (:data:`ZOO_DIR`).
+    """
+    folder = _zoo_dir(root)
+    return sorted(p.stem for p in folder.glob("*.json") if (folder / f"{p.stem}.safetensors").exists())
+
+
+def _resolve(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    folder = _zoo_dir(root)
+    known = available(folder)
     if isinstance(name_or_path, str) and name_or_path in known:
-        return _paths(ZOO_DIR / name_or_path)
+        return _paths(folder / name_or_path)
     weights_path, sidecar_path = _paths(name_or_path)
     looks_like_path = isinstance(name_or_path, os.PathLike) or any(s in str(name_or_path) for s in ("/", os.sep))
     if sidecar_path.exists() or looks_like_path or str(name_or_path).endswith((".json", ".safetensors")):
         if not sidecar_path.exists():
             raise FileNotFoundError(f"no sidecar {sidecar_path} for checkpoint {name_or_path!r}")
         return weights_path, sidecar_path
-    raise ValueError(f"unknown zoo model {name_or_path!r}; known: {', '.join(known) or '(none)'}")
+    where = "" if folder == ZOO_DIR else f" (zoo folder {folder})"
+    raise ValueError(f"unknown zoo model {name_or_path!r}; known: {', '.join(known) or '(none)'}{where}")
 
 
-def info(name_or_path: str | os.PathLike) -> dict:
-    """The sidecar of a shipped checkpoint (by name) or of ``PATH.json``."""
-    _, sidecar_path = _resolve(name_or_path)
+def info(name_or_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> dict:
+    """The sidecar of a zoo checkpoint (by name, looked up as in :func:`available`) or of ``PATH.json``.
+
+    Raises:
+        CheckpointError: the sidecar is not valid JSON, not an ``sdekit-zoo/1`` sidecar, lacks a required
+            entry, or lacks a well-formed ``weights.sha256`` (64 hexadecimal digits).
+    """
+    _, sidecar_path = _resolve(name_or_path, root)
     try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as exc:
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"sidecar {sidecar_path} is not valid JSON: {exc}") from exc
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise CheckpointError(f"sidecar {sidecar_path} is not an {FORMAT} sidecar")
     missing = [k for k in ("architecture", "process", "prediction", "time_input", "weights") if k not in sidecar]
     if missing:
         raise CheckpointError(f"sidecar {sidecar_path} lacks {', '.join(missing)}")
+    weights = sidecar["weights"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"sidecar {sidecar_path}: 'weights' must be a JSON object, got {type(weights).__name__}")
+    # The hash is what ties the sidecar to its weights; a sidecar without one must not load unchecked.
+    digest = weights.get("sha256")
+    if digest is None:
+        raise CheckpointError(f"sidecar {sidecar_path} lacks weights.sha256 (the SHA-256 of the weights file, "
+                              "required to check them)")
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        shown = repr(digest) if len(repr(digest)) <= 80 else repr(digest)[:77] + "..."
+        raise CheckpointError(f"sidecar {sidecar_path} has a malformed weights.sha256 {shown}: expected 64 "
+                              "hexadecimal digits")
+    if not isinstance(weights.get("file", ""), str):
+        raise CheckpointError(f"sidecar {sidecar_path}: weights.file must be a file name")
     return sidecar
 
 
@@ -233,9 +281,25 @@ def _shape_diff(expected: dict[str, list[int]], got: dict[str, list[int]]) -> st
     return ", ".join(parts)
 
 
+def _read_weights(weights_path: Path, sidecar_path: Path, digest: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a file that is not valid safetensors reported as a CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the library wrote
+        if _sha256(weights_path) != digest:
+            reason += f"; its SHA-256 differs from sidecar {sidecar_path.name} (changed or cut short since written)"
+        # from None: the reason is in the message, and the library's traceback would only hide it
+        raise CheckpointError(f"weights file {weights_path} is not a valid safetensors file: {reason}") from None
+
+
 def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> ScoreModel:
-    """Load a shipped checkpoint by name (see :func:`available`) or ``PATH`` (``.safetensors``/``.json``).
+         dtype: torch.dtype | None = None, root: str | os.PathLike | None = None) -> ScoreModel:
+    """Load a zoo checkpoint by name (see :func:`available`, also for ``root``) or ``PATH`` (``.safetensors`` or
+    ``.json``).
 
     The weights are read with ``safetensors.torch.load_file`` (no pickle), checked against the sidecar's
     tensor names, shapes and SHA-256 and against the architecture built from the sidecar, and loaded into
@@ -245,25 +309,26 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
-        CheckpointError: the sidecar does not match the weights or the architecture.
+        FileNotFoundError: ``PATH`` has no sidecar.
+        CheckpointError: the weights file is not valid safetensors (truncated, empty, corrupt header), the
+            sidecar is malformed or lacks ``weights.sha256``, or the sidecar does not match the weights (names,
+            shapes, SHA-256) or the architecture. The message names the file.
     """
-    from safetensors.torch import load_file
-
-    weights_path, sidecar_path = _resolve(name_or_path)
+    weights_path, sidecar_path = _resolve(name_or_path, root)
     sidecar = info(sidecar_path)
     weights_path = sidecar_path.with_name(sidecar["weights"].get("file", weights_path.name))
-    if not weights_path.exists():
+    if not weights_path.is_file():
         raise CheckpointError(f"weights file {weights_path} named by sidecar {sidecar_path} does not exist")
-    tensors = load_file(str(weights_path))
+    digest = sidecar["weights"]["sha256"].lower()
+    tensors = _read_weights(weights_path, sidecar_path, digest)
     declared = {k: v["shape"] for k, v in sidecar["weights"].get("tensors", {}).items()}
     found = {k: list(v.shape) for k, v in tensors.items()}
     diff = _shape_diff(declared, found)
     if diff:
         raise CheckpointError(f"{weights_path.name} does not match its sidecar {sidecar_path.name}: {diff}")
-    digest = sidecar["weights"].get("sha256")
-    if digest is not None and digest != _sha256(weights_path):
-        raise CheckpointError(f"{weights_path.name} does not match its sidecar {sidecar_path.name}: SHA-256 differs "
-                              "(the weights were changed after the sidecar was written)")
+    if digest != _sha256(weights_path):
+        raise CheckpointError(f"weights file {weights_path} does not match its sidecar {sidecar_path.name}: SHA-256 "
+                              "differs (the weights were changed after the sidecar was written)")
     arch = sidecar["architecture"]
     try:
         net = build(arch["name"], **arch.get("kwargs", {}))
