@@ -11,19 +11,21 @@ Modeling through SDEs", eqs. 11 and 29). Conventions (``shared/CONVENTIONS.md``)
 - :class:`EDM`: ``alpha = 1``, ``sigma(t) = t`` (Karras et al. 2022).
 
 Time arguments may be Python numbers (computed in float64), 0-d tensors or per-sample ``(B,)`` tensors;
-results keep the tensor's dtype. Times outside ``[t_domain_min, t_max]`` raise a ValueError (checked
-for CPU tensors and numbers; CUDA times are not checked so that sampling never synchronises).
+results keep the tensor's dtype. Times outside ``[t_domain_min, t_max]`` and log-SNR values outside
+``[lambda(t_max), lambda(t_domain_min)]`` raise a ValueError (checked for CPU tensors and numbers, with a
+rounding slack of the input's dtype; CUDA inputs are not checked so that sampling never synchronises).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from ._utils import as_time, bcast, check_positive
-from .schedules import BetaSchedule, DiscreteSchedule, get_schedule
+from .schedules import BetaSchedule, DiscreteSchedule, _check_range, get_schedule
 from .sde import SDE
 
 
@@ -48,11 +50,29 @@ class DiffusionProcess(SDE):
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} contains NaN/Inf")
             lo, hi = self.t_domain_min, self.t_max
-            slack = 1e-9 * max(1.0, abs(hi))
-            if bool((t < lo - slack).any()) or bool((t > hi + slack).any()):
-                bad = t[(t < lo - slack) | (t > hi + slack)].flatten()[0].item()
-                raise ValueError(f"{name}={bad:g} is outside the time domain [{lo:g}, {hi:g}] of {self!r}")
+            _check_range(t, name, lo, hi, f"the time domain [{lo:g}, {hi:g}] of {self!r}")
         return t
+
+    def _log_snr_arg(self, log_snr) -> torch.Tensor:
+        """``log_snr`` as a tensor, checked (CPU tensors and numbers) against ``[lambda(t_max), lambda(t_domain_min)]``;
+        the upper end is +inf where ``sigma(t_domain_min) = 0``."""
+        if isinstance(log_snr, bool) or not isinstance(log_snr, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"log_snr must be a float or a torch.Tensor, got {type(log_snr).__name__}")
+        lam = as_time(log_snr)
+        if lam.device.type == "cpu":
+            ends = (self.t_max, self.t_domain_min)
+            cached = self.__dict__.get("_log_snr_range")
+            if cached is None or cached[0] != ends:  # samplers invert once per step: compute the range once
+                cached = (ends, *(float(self.log_snr(torch.tensor(t, dtype=torch.float64))) for t in ends))
+                self._log_snr_range = cached
+            _, lo, hi = cached
+            where = f"the log-SNR range [lambda(t_max), lambda(t_domain_min)] = [{lo:.6g}, {hi:.6g}] of {self!r}"
+            _check_range(lam, "log_snr", lo, hi, where)
+        return lam
+
+    def _clamp_t(self, t: torch.Tensor) -> torch.Tensor:
+        """Clamp an inverse-map result into the time domain (removes the rounding slack of the checks)."""
+        return t.clamp(self.t_domain_min, self.t_max)
 
     # --- schedule ----------------------------------------------------------------------------------
     def log_alpha(self, t) -> torch.Tensor:
@@ -72,6 +92,7 @@ class DiffusionProcess(SDE):
         return self.log_alpha(t) - self.log_sigma(t)
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`: the time in ``[t_domain_min, t_max]`` with ``lambda(t) = log_snr``."""
         raise NotImplementedError
 
     def f(self, t) -> torch.Tensor:
@@ -178,9 +199,9 @@ class VP(DiffusionProcess):
         return la - 0.5 * torch.log(-torch.expm1(2 * la))
 
     def t_from_log_snr(self, log_snr):
-        lam = as_time(log_snr)
+        lam = self._log_snr_arg(log_snr)
         # alpha² = sigmoid(2 lambda)  =>  log alpha = -½ softplus(-2 lambda)
-        return self.schedule.t_from_log_alpha(-0.5 * F.softplus(-2 * lam))
+        return self._clamp_t(self.schedule.t_from_log_alpha(-0.5 * F.softplus(-2 * lam)))
 
     def f(self, t):
         return self.schedule.dlog_alpha(self._t(t))
@@ -212,12 +233,12 @@ class SubVP(VP):
         return self.log_alpha(t) - self.log_sigma(t)
 
     def t_from_log_snr(self, log_snr):
-        # alpha / (1 - alpha²) = e^lambda  =>  e^lambda alpha² + alpha - e^lambda = 0
-        #   alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))   (the positive root, cancellation-free)
-        lam = as_time(log_snr)
-        u = torch.exp(lam)
-        alpha = 2 * u / (1 + torch.sqrt(1 + 4 * u * u))
-        return self.schedule.t_from_log_alpha(torch.log(alpha))
+        # alpha / (1 - alpha²) = e^lambda  =>  alpha² + w alpha - 1 = 0 with w = e^-lambda
+        #   alpha = 2 / (w + sqrt(w² + 4))   (the positive root, cancellation-free; alpha = 1 at lambda = +inf)
+        lam = self._log_snr_arg(log_snr)
+        w = torch.exp(-lam)
+        alpha = 2 / (w + torch.sqrt(w * w + 4))
+        return self._clamp_t(self.schedule.t_from_log_alpha(torch.log(alpha)))
 
     def g2(self, t):
         f = self.f(t)
@@ -238,6 +259,8 @@ class VE(DiffusionProcess):
         check_positive(sigma_max, "sigma_max")
         if not sigma_min < sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
+        if isinstance(t_min, bool) or not isinstance(t_min, numbers.Real) or not 0 <= t_min < 1:
+            raise ValueError(f"t_min must be a number in [0, t_max) = [0, 1) (sigma > 0 at t = 0), got {t_min!r}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self.t_min, self.t_max = float(t_min), 1.0
@@ -249,7 +272,7 @@ class VE(DiffusionProcess):
         return math.log(self.sigma_min) + self._t(t) * self._log_ratio
 
     def t_from_log_snr(self, log_snr):
-        return (-as_time(log_snr) - math.log(self.sigma_min)) / self._log_ratio
+        return self._clamp_t((-self._log_snr_arg(log_snr) - math.log(self.sigma_min)) / self._log_ratio)
 
     def f(self, t):
         return torch.zeros_like(self._t(t))
@@ -291,7 +314,7 @@ class EDM(DiffusionProcess):
         return self._t(t).clone()
 
     def t_from_log_snr(self, log_snr):
-        return torch.exp(-as_time(log_snr))
+        return self._clamp_t(torch.exp(-self._log_snr_arg(log_snr)))
 
     def f(self, t):
         return torch.zeros_like(self._t(t))

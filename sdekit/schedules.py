@@ -15,10 +15,42 @@ closed form, in the dtype of ``t`` (pass float64 times for full precision).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from ._utils import check_positive
+
+
+def _rounding_slack(dtype: torch.dtype) -> float:
+    """Relative slack for range checks: rounding of a bound computed in ``dtype`` (at least 1e-9)."""
+    return max(1e-9, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 0.0
+
+
+def _check_range(x, name: str, lo: float, hi: float, where: str) -> None:
+    """Raise a ValueError naming ``name`` if ``x`` holds NaN or a value outside ``[lo, hi]`` (either bound may be
+    infinite), allowing a rounding slack of the input's dtype relative to ``|bound|`` (none at a bound of 0: t = 0
+    is exact in every dtype, and t < 0 would give NaN coefficients).
+
+    Numbers and CPU tensors only: a CUDA tensor is not checked, so that sampling never synchronises.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            return
+    else:
+        x = torch.as_tensor(x, dtype=torch.float64)
+    if x.is_floating_point() and bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} contains NaN; allowed: {where}")
+    slack = _rounding_slack(x.dtype)
+    lo_s, hi_s = lo - slack * abs(lo), hi + slack * abs(hi)
+    bad = (x < lo_s) | (x > hi_s)
+    if bool(bad.any()):
+        raise ValueError(f"{name}={x[bad].flatten()[0].item():g} is outside {where}")
+
+
+def _check_t_min(t_min, t_max: float) -> None:
+    if isinstance(t_min, bool) or not isinstance(t_min, numbers.Real) or not 0 < t_min < t_max:
+        raise ValueError(f"t_min must be a number in (0, t_max) = (0, {t_max:g}), got {t_min!r}")
 
 
 class BetaSchedule:
@@ -45,6 +77,7 @@ class LinearSchedule(BetaSchedule):
         check_positive(beta_max, "beta_max")
         if not beta_min < beta_max:
             raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        _check_t_min(t_min, 1.0)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.t_min, self.t_max = float(t_min), 1.0
 
@@ -59,7 +92,9 @@ class LinearSchedule(BetaSchedule):
         # 2c / (b + sqrt(b² + 4ac)) that does not cancel for small c.
         a, b = (self.beta_max - self.beta_min) / 4, self.beta_min / 2
         c = -log_alpha
-        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+        t = 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+        # log alpha = 0 is t = 0 (0/0 above when beta_min = 0)
+        return torch.where(c == 0, torch.zeros_like(t), t)
 
     def __repr__(self):
         return f"LinearSchedule(beta_min={self.beta_min}, beta_max={self.beta_max})"
@@ -70,16 +105,21 @@ class CosineSchedule(BetaSchedule):
 
     def __init__(self, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3):
         check_positive(s, "s")
-        if not 0 < t_max < 1:
-            raise ValueError(f"t_max of the cosine schedule must lie in (0, 1), got {t_max}")
+        if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max < 1:
+            raise ValueError(f"t_max of the cosine schedule must lie in (0, 1), got {t_max!r}")
+        _check_t_min(t_min, t_max)
         self.s, self.t_min, self.t_max = float(s), float(t_min), float(t_max)
-        self._log_f0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
+        self._angle0 = math.pi / 2 * self.s / (1 + self.s)
+        self._log_f0 = math.log(math.cos(self._angle0))
 
     def _angle(self, t):
         return math.pi / 2 * (t + self.s) / (1 + self.s)
 
     def log_alpha(self, t):
-        return torch.log(torch.cos(self._angle(t))) - self._log_f0
+        # f(t)/f(0) = cos(a0 + d)/cos(a0) = 1 - 2 sin²(d/2) - tan(a0) sin(d), d = pi/2 t/(1 + s): exactly 0 at
+        # t = 0 (log f(t) - log f(0) rounds to > 0 there, which made sigma(0) NaN) and accurate near it.
+        d = math.pi / 2 * t / (1 + self.s)
+        return torch.log1p(-2 * torch.sin(d / 2) ** 2 - math.tan(self._angle0) * torch.sin(d))
 
     def dlog_alpha(self, t):
         return -math.pi / (2 * (1 + self.s)) * torch.tan(self._angle(t))
@@ -142,6 +182,8 @@ class DiscreteSchedule(BetaSchedule):
     @classmethod
     def linear_ddpm(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         """The DDPM paper's schedule: betas linear from ``beta_start`` to ``beta_end`` over ``num_steps``."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 2:
+            raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         return cls.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
@@ -157,11 +199,17 @@ class DiscreteSchedule(BetaSchedule):
         return _interp(log_alpha, self.knots_log_alpha.flip(0), self.knots_t.flip(0))
 
     def t_from_index(self, i):
-        return (torch.as_tensor(i, dtype=torch.float64) + 1) / self.num_steps if not isinstance(
-            i, torch.Tensor
-        ) else (i.to(torch.float64) + 1) / self.num_steps
+        """``t = (i + 1)/N`` (float64) for an index ``i`` in ``[-1, N-1]``; fractional indices are allowed."""
+        if isinstance(i, (bool, str, bytes)) or (isinstance(i, torch.Tensor) and i.dtype == torch.bool):
+            raise TypeError(f"index i must be a number or a torch.Tensor, got {type(i).__name__}")
+        n = self.num_steps
+        _check_range(i, "index i", -1, n - 1, f"the index range [-1, {n - 1}] of {self!r} (-1 is t = 0, sigma = 0)")
+        i = i.to(torch.float64) if isinstance(i, torch.Tensor) else torch.as_tensor(i, dtype=torch.float64)
+        return ((i + 1) / n).clamp(0.0, 1.0)  # the clamp only removes the rounding slack of the check
 
     def index_from_t(self, t):
+        """``i = N t - 1`` for ``t`` in ``[0, 1]`` (fractional between grid times); ``t = 0`` is index -1."""
+        _check_range(t, "t", 0.0, 1.0, f"the time domain [0, 1] of {self!r}")
         return t * self.num_steps - 1
 
     def __repr__(self):
