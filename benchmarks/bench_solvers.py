@@ -231,17 +231,18 @@ def time_paths(shape, repeats: int, dtype=torch.float32) -> list[dict]:
                 variants["grid hint"] = {"grid": case["grid"]}
             draws_per_query = 2 if levy else 1
             gen = torch.Generator().manual_seed(0)
+            n_fresh = inner * len(queries) * draws_per_query
 
-            def fresh():
-                for _ in range(inner * len(queries) * draws_per_query):
+            def fresh(n=n_fresh, gen=gen):
+                for _ in range(n):
                     torch.randn(shape, generator=gen, dtype=dtype)
 
-            def replay(kwargs):
+            def replay(kwargs, inner=inner, case=case, levy=levy):
                 n_draws = 0
                 for _ in range(inner):
                     bm = BrownianPath(case["t0"], case["t1"], shape, seed=0, dtype=dtype, levy_area=levy, **kwargs)
                     q = bm.levy if levy else bm
-                    for s, t in queries:
+                    for s, t in case["queries"]:
                         q(s, t)
                     n_draws += bm.n_draws + 1  # + the root
                 return n_draws / inner

@@ -351,27 +351,36 @@ class LinearSDE(SDE):
 
 
 # --- float64 reference solver ----------------------------------------------------------------------------
-def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
-                    atol: float = 1e-12) -> torch.Tensor:
-    """Solve ``dx/dt = drift(t, x)`` from ``t0`` to ``t1`` (either direction) with scipy's DOP853 in float64.
+#: explicit scipy methods a reference may use (implicit ones would need a Jacobian of the drift)
+REFERENCE_METHODS = ("DOP853", "RK45", "RK23")
 
-    ``drift`` may be a callable or an object with ``.drift`` (an sdekit ODE/SDE; its diffusion is ignored).
-    Returns the state at ``t1`` (or at each of ``t_eval``, stacked first) in ``x0``'s dtype.
+
+def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
+                    atol: float = 1e-12, method: str = "DOP853") -> torch.Tensor:
+    """Solve ``dx/dt = drift(t, x)`` from ``t0`` to ``t1`` (either direction) with scipy's DOP853 (or another
+    explicit method of :data:`REFERENCE_METHODS`) in float64.
+
+    ``drift`` may be a callable or an object with ``.drift`` (an sdekit ODE/SDE; its diffusion is ignored); it
+    receives ``t`` as a 0-d float64 tensor and the state in float64. Returns the state at ``t1`` (or at each of
+    ``t_eval``, stacked first) in ``x0``'s dtype.
     """
     fn = drift.drift if hasattr(drift, "drift") else drift
     check_finite(x0, "x0")
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"unknown reference method {method!r}; allowed: {', '.join(REFERENCE_METHODS)}")
     shape, dtype = x0.shape, x0.dtype
 
     def rhs(t, y):
         x = torch.from_numpy(y).reshape(shape)
         with torch.no_grad():
-            return fn(torch.tensor(t, dtype=torch.float64), x).reshape(-1).to(torch.float64).numpy()
+            out = fn(torch.tensor(t, dtype=torch.float64), x)
+        return out.detach().reshape(-1).to(torch.float64).cpu().numpy()
 
     y0 = x0.detach().to(torch.float64).cpu().reshape(-1).numpy()
-    res = scipy.integrate.solve_ivp(rhs, (float(t0), float(t1)), y0, method="DOP853", rtol=rtol, atol=atol,
+    res = scipy.integrate.solve_ivp(rhs, (float(t0), float(t1)), y0, method=method, rtol=rtol, atol=atol,
                                     t_eval=None if t_eval is None else np.asarray(t_eval, dtype=float))
     if not res.success:
-        raise RuntimeError(f"reference DOP853 solve failed: {res.message}")
+        raise RuntimeError(f"reference {method} solve failed: {res.message}")
     if t_eval is None:
         return torch.from_numpy(res.y[:, -1]).reshape(shape).to(dtype)
     return torch.from_numpy(res.y.T.copy()).reshape(len(res.t), *shape).to(dtype)

@@ -94,14 +94,50 @@ def load_model(spec: str | None, preset: str, process: str, dtype: str = "float6
     return GaussianMixture.preset(preset).model(make_process(process)), f"{preset}/{process}"
 
 
-def _int_list(text: str, name: str) -> list[int]:
+#: the largest budget ``compare`` accepts (a million-step PF-ODE solve is already hours of a CPU)
+MAX_NFE = 100_000
+
+
+def _int_list(text: str, name: str, upper: int | None = None) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name} must be a comma-separated list of integers, got {text!r}") from None
     if not vals or any(v <= 0 for v in vals):
         raise ValueError(f"{name} values must be positive integers, got {text!r}")
-    return vals
+    if upper is not None and any(v > upper for v in vals):
+        raise ValueError(f"{name} values must be in [1, {upper}], got {text!r}")
+    return sorted(set(vals))
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def check_samples(samples: int, shape, name: str = "--samples", copies: int = 8) -> None:
+    """Refuse a sample count whose float64 states (``copies`` of them: x_T, reference, samples, solver
+    stages) would not fit in this machine's memory, before any work starts."""
+    per = 8 * math.prod(shape) * copies
+    limit = max(2, _memory_bytes() // (2 * per))  # at most half the memory
+    if not 1 <= samples <= limit:
+        raise ValueError(f"{name} must be in [1, {limit}] for samples of shape {tuple(shape)} on this machine "
+                         f"({_memory_bytes() / 2**30:.0f} GiB of memory), got {samples}")
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch build has no usable CUDA device (torch "
+                         f"{torch.__version__}); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 def cmd_info(args) -> int:
@@ -115,10 +151,17 @@ def cmd_compare(args) -> int:
 
     if args.samples < 2:
         raise ValueError(f"--samples must be >= 2, got {args.samples}")
-    nfe = _int_list(args.nfe, "--nfe")
+    nfe = _int_list(args.nfe, "--nfe", MAX_NFE)
     solvers = expand_solvers(args.solvers.split(","))
-    model, name = load_model(args.model, args.preset, args.process, args.dtype)
+    check_device(args.device)
+    if args.model is not None and (args.preset is not None or args.process is not None):
+        raise ValueError("--preset/--process choose the analytic model; they cannot be combined with --model")
+    if args.scatter_nfe is not None and args.scatter_nfe not in nfe:
+        raise ValueError(f"--scatter-nfe {args.scatter_nfe} is not one of --nfe {','.join(map(str, nfe))}")
+    model, name = load_model(args.model, args.preset or "ring2d", args.process or "vp", args.dtype)
     shape = getattr(model, "sample_shape", None)
+    if shape is not None:
+        check_samples(args.samples, shape)
     scatter_nfe = args.scatter_nfe or sorted(nfe)[len(nfe) // 2]
     is_points = shape is not None and math.prod(shape) == 2
     is_image = shape is not None and len(shape) == 3 and shape[0] in (1, 3)
@@ -130,6 +173,7 @@ def cmd_compare(args) -> int:
         raise ValueError(f"--reference-rtol must be in (0, 1e-2), got {ref_rtol:g}")
     cfg = ComparisonConfig(solvers=solvers, nfe=nfe, spacing=args.spacing, samples=args.samples, seed=args.seed,
                            dtype=args.dtype, device=args.device, model_name=name, reference_rtol=ref_rtol,
+                           reference_method=args.reference_method,
                            reference_check=not args.no_reference_check,
                            scatter_nfe=scatter_nfe if is_points or is_image else None)
     data = None
@@ -143,7 +187,8 @@ def cmd_compare(args) -> int:
     with open(os.path.join(args.out, "results.json")) as f:
         summary = json.load(f)
     det = [r for r in records if r.get("rmse_vs_reference") is not None]
-    print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}, seed {args.seed}")
+    print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}, seed {args.seed}; "
+          "columns are NFE budgets")
     if det:
         print("\nRMSE vs a float64 DOP853 reference solve of the PF-ODE from the same x_T "
               "(sqrt of the mean over samples and coordinates of the squared difference):")
@@ -160,6 +205,13 @@ def cmd_compare(args) -> int:
                 line += (f"; RMSE to a solve at {ref_info['check_rtol']:g}: {ref_info['check_rmse']:.1e} (the "
                          "reference's own error is about 100 times smaller)")
             print(line)
+            if ref_info.get("hint"):
+                print(f"note: {ref_info['hint']}")
+    differs = [f"{r['solver']} @ {r['nfe_budget']}: {r['nfe']}" for r in records if r["nfe"] != r["nfe_budget"]]
+    if differs:
+        print("actual NFE where it differs from the budget (whole steps only): " + ", ".join(differs))
+    for sk in summary.get("skipped", []):
+        print(f"skipped {sk['solver']} @ {sk['nfe_budget']} NFE: {sk['reason']}")
     if any(r.get("sliced_w2") is not None for r in records):
         distance = summary.get("distance") or {}
         print(f"\nSliced Wasserstein-2 distance to {distance.get('to', 'reference samples')} (MC SE in JSON):")
@@ -181,8 +233,12 @@ def cmd_compare(args) -> int:
                 if os.path.exists(p):
                     found[f"{s} @ {cfg.scatter_nfe}"] = np.load(p)
         metric = "rmse_vs_reference" if det else "sliced_w2"
-        plots = plot(records, args.out, metric=metric, scatter=found if is_points and found else None,
-                     images=found if is_image and found else None)
+        try:
+            plots = plot(records, args.out, metric=metric, scatter=found if is_points and found else None,
+                         images=found if is_image and found else None)
+        except ImportError:
+            print("plots skipped: matplotlib is not installed (pip install matplotlib); tables and JSON are written",
+                  file=sys.stderr)
     print(f"\nrecords: {os.path.join(args.out, 'results.json')}" + "".join(f"\nplot: {p}" for p in plots))
     return 0
 
@@ -244,14 +300,17 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
     from .bench.compare import _atomic_write
     from .likelihood import bits_per_dim, log_likelihood
 
-    if name not in zoo.RECIPES:
-        raise ValueError(f"sdekit likelihood needs data: an analytic --preset, or a zoo model with held-out data "
-                         f"({', '.join(sorted(zoo.RECIPES))}); for your own model call sdekit.log_likelihood")
-    data, _ = zoo.heldout(name)
+    if args.data is not None:
+        data = _load_data(args.data, getattr(model, "sample_shape", None))
+    elif name in zoo.RECIPES:
+        data, _ = zoo.heldout(name)
+    else:
+        raise ValueError(f"sdekit likelihood of {name} needs data: --data FILE (.npy or .pt, samples first), or a zoo "
+                         f"model with held-out data ({', '.join(sorted(zoo.RECIPES))})")
     available = data.shape[0]
     n = min(args.samples, available)
     data = data[:n]
-    quant = zoo.quantization(name)
+    quant = zoo.quantization(name) if (name in zoo.RECIPES and args.data is None) else None
     options = dict(rtol=args.rtol, atol=args.rtol, dtype=getattr(torch, dtype), progress=not args.no_progress)
     if args.divergence == "hutchinson":
         options["n_probes"] = args.n_probes
@@ -260,7 +319,8 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
     rec = {"model": name, "samples": n, "heldout_available": int(available),
            "divergence": args.divergence, "n_probes": args.n_probes if args.divergence == "hutchinson" else None,
            "rtol": args.rtol, "dtype": dtype, "seed": args.seed}
-    print(f"sdekit likelihood: {name}, the first {n} held-out samples, divergence {args.divergence}"
+    source = f"samples of {args.data}" if args.data is not None else "held-out samples"
+    print(f"sdekit likelihood: {name}, the first {n} {source}, divergence {args.divergence}"
           + (f" ({args.n_probes} probe{'s' * (args.n_probes > 1)})" if args.divergence == "hutchinson" else "")
           + f", rtol = atol = {args.rtol:g}, {dtype}")
     if quant is not None:
@@ -291,77 +351,132 @@ def _likelihood_heldout(args, model, name: str, dtype: str) -> int:
     return 0
 
 
+def _load_data(path: str, shape) -> torch.Tensor:
+    """Samples for ``sdekit likelihood --data``: a .npy array or a tensor saved with torch.save, samples first."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path}: no such file")
+    try:
+        if path.endswith(".npy"):
+            data = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one line naming it
+        raise ValueError(f"--data {path} is not a readable .npy/.pt array ({type(e).__name__})") from None
+    if not isinstance(data, torch.Tensor) or not data.is_floating_point() or data.ndim < 2:
+        raise ValueError(f"--data {path} must hold a floating array of samples (samples first)")
+    if shape is not None and tuple(data.shape[1:]) != tuple(shape):
+        raise ValueError(f"--data {path} holds samples of shape {tuple(data.shape[1:])}; the model's sample_shape "
+                         f"is {tuple(shape)}")
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError(f"--data {path} contains NaN/Inf")
+    return data
+
+
 def cmd_demo(args) -> int:
     args.solvers = "ddim,dpm_solver_2,dpmpp_2m,dpmpp_3m,unipc,edm_heun,rk4,ddpm,dpmpp_2m_sde"
     args.nfe = "5,10,20,50"
     args.model, args.preset, args.process = None, "ring2d", "vp"
     args.spacing, args.dtype, args.device = "log_snr", "float64", "cpu"
     args.resume, args.scatter_nfe = False, 10
-    args.reference_rtol, args.no_reference_check = None, False
+    args.reference_rtol, args.no_reference_check, args.reference_method = None, False, "DOP853"
     return cmd_compare(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdekit", description="Diffusion models as SDEs and ODEs, solved well.")
-    p.add_argument("--version", action="version", version=f"sdekit {__version__}")
-    sub = p.add_subparsers(dest="command")
-    sub.add_parser("info", help="version and registered solvers")
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (``sdekit: error: ...``, exit 2) and defaults in ``--help``."""
 
-    c = sub.add_parser("compare", help="solver comparison on a score model")
-    c.add_argument("--model", default=None, help="package.module:factory returning an sdekit model, or a zoo name")
-    c.add_argument("--preset", default="ring2d", help="analytic Gaussian-mixture preset (default model)")
-    c.add_argument("--process", default="vp", help=f"process of the analytic preset: {', '.join(PROCESSES)}")
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        sub = self.prog.split()[-1] if " " in self.prog else None
+        where = f" {sub}" if sub else ""
+        self.exit(2, f"sdekit: error: {message} (see sdekit{where} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .analytic import REFERENCE_METHODS
+
+    p = _Parser(prog="sdekit", description="Diffusion models as SDEs and ODEs, solved well.")
+    p.add_argument("--version", action="version", version=f"sdekit {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("info", help="version and registered solvers", description="Version and the solver registry.")
+
+    c = sub.add_parser("compare", help="solver comparison on a score model",
+                       description="Compare solvers on a score model: RMSE against a float64 reference solve of "
+                                   "the PF-ODE from the same x_T, sliced W2 to data, tables, JSON records "
+                                   "(resumable) and PNG plots.")
+    c.add_argument("--model", default=None,
+                   help="package.module:factory returning an sdekit model, or a zoo name (default: the analytic "
+                        "--preset)")
+    c.add_argument("--preset", default=None, help="analytic Gaussian-mixture preset (default ring2d; not with --model)")
+    c.add_argument("--process", default=None,
+                   help=f"process of the analytic preset: {', '.join(PROCESSES)} (default vp; not with --model)")
     c.add_argument("--solvers", default="ddim,dpmpp_2m,dpmpp_3m,unipc,edm_heun,ddpm",
                    help="comma-separated registry names or groups all-deterministic, all-stochastic")
-    c.add_argument("--nfe", default="5,10,20,50")
-    c.add_argument("--spacing", default="log_snr", choices=["time", "log_snr", "quadratic", "karras"])
-    c.add_argument("--samples", type=int, default=512)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--nfe", default="5,10,20,50",
+                   help=f"comma-separated NFE budgets (model evaluations per sample), each in [1, {MAX_NFE}]")
+    c.add_argument("--spacing", default="log_snr", choices=["time", "log_snr", "quadratic", "karras"],
+                   help="time-grid spacing")
+    c.add_argument("--samples", type=int, default=512, help="number of samples (trajectories from x_T)")
+    c.add_argument("--seed", type=int, default=0, help="seed of x_T and of the stochastic samplers' noise")
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="dtype of the samplers")
+    c.add_argument("--device", default="cpu", help="device of the samplers (cpu, cuda, cuda:1, ...)")
     c.add_argument("--scatter-nfe", type=int, default=None,
-                   help="NFE whose samples are plotted (scatter for 2-D data, image grids for images)")
+                   help="NFE whose samples are plotted (scatter for 2-D data, image grids for images); one of "
+                        "--nfe (default: the middle one)")
     c.add_argument("--reference-rtol", type=float, default=None,
-                   help=f"rtol = atol of the float64 DOP853 reference (default {REFERENCE_RTOL_ANALYTIC:g} for "
+                   help=f"rtol = atol of the float64 reference (default {REFERENCE_RTOL_ANALYTIC:g} for "
                         f"analytic models, {REFERENCE_RTOL_NETWORK:g} for networks)")
+    c.add_argument("--reference-method", default="DOP853", choices=list(REFERENCE_METHODS),
+                   help="scipy method of the float64 reference solve")
     c.add_argument("--no-reference-check", action="store_true",
                    help="skip the second reference solve at a 100 times looser tolerance")
-    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--out", default="runs/compare", help="output folder (records, results.json, plots)")
     c.add_argument("--resume", action="store_true", help="skip configurations whose records exist")
-    c.add_argument("--no-plots", action="store_true")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--no-plots", action="store_true", help="write tables and JSON only")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    o = sub.add_parser("order", help="convergence-order benchmark")
-    o.add_argument("--problem", default="ou", choices=["ou", "gbm", "linear", "pf-ode"])
+    o = sub.add_parser("order", help="convergence-order benchmark",
+                       description="Measure convergence orders on problems with exact answers: fitted order "
+                                   "with a confidence interval against the declared one, PASS/FAIL.")
+    o.add_argument("--problem", default="ou", choices=["ou", "gbm", "linear", "pf-ode"], help="test problem")
     o.add_argument("--solvers", default=None, help="comma-separated names (default: all that apply)")
     o.add_argument("--kind", default=None, choices=["ode", "strong", "weak"], help="default: by problem")
     o.add_argument("--steps", default=None, help="comma-separated step counts (default: per problem)")
-    o.add_argument("--samples", type=int, default=2000)
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--out", default="runs/order")
-    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--samples", type=int, default=2000, help="sample paths (strong and weak orders)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the Brownian paths and initial states")
+    o.add_argument("--out", default="runs/order", help="output folder (JSON, plot)")
+    o.add_argument("--no-plots", action="store_true", help="JSON and table only")
 
-    lk = sub.add_parser("likelihood", help="log-likelihood of data under a model (exact value beside it)")
-    lk.add_argument("--model", default=None)
-    lk.add_argument("--preset", default="ring2d")
-    lk.add_argument("--process", default="vp")
-    lk.add_argument("--samples", type=int, default=64)
-    lk.add_argument("--divergence", default="exact", choices=["exact", "hutchinson"])
-    lk.add_argument("--n-probes", type=int, default=16)
+    lk = sub.add_parser("likelihood", help="log-likelihood of data under a model (exact value beside it)",
+                        description="Log-likelihood by the probability-flow ODE (exact or Hutchinson divergence), "
+                                    "beside the exact value for analytic models, or bits/dim of held-out data.")
+    lk.add_argument("--model", default=None,
+                    help="package.module:factory or a zoo name (default: the analytic --preset)")
+    lk.add_argument("--data", default=None,
+                    help="samples to evaluate (.npy or .pt, samples first); default: the zoo model's held-out data")
+    lk.add_argument("--preset", default="ring2d", help="analytic Gaussian-mixture preset")
+    lk.add_argument("--process", default="vp", help=f"process of the analytic preset: {', '.join(PROCESSES)}")
+    lk.add_argument("--samples", type=int, default=64, help="number of data points")
+    lk.add_argument("--divergence", default="exact", choices=["exact", "hutchinson"], help="divergence estimator")
+    lk.add_argument("--n-probes", type=int, default=16, help="Hutchinson probes per sample")
     lk.add_argument("--n-dequant", type=int, default=1, help="dequantization draws per image (quantized data)")
-    lk.add_argument("--rtol", type=float, default=1e-5)
+    lk.add_argument("--rtol", type=float, default=1e-5, help="rtol = atol of the adaptive ODE solve")
     lk.add_argument("--dtype", default=None, choices=["float64", "float32"],
                     help="default float64 for analytic presets, float32 for networks")
-    lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--out", default="runs/likelihood")
-    lk.add_argument("--no-progress", action="store_true")
+    lk.add_argument("--seed", type=int, default=0, help="seed of the data, probes and dequantization")
+    lk.add_argument("--out", default="runs/likelihood", help="output folder (likelihood.json)")
+    lk.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    d = sub.add_parser("demo", help="the README main job: compare on the embedded analytic default")
-    d.add_argument("--samples", type=int, default=1024)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--no-plots", action="store_true")
-    d.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser("demo", help="the README main job: compare on the embedded analytic default",
+                       description="The README's main job: sdekit compare on the embedded analytic ring mixture.")
+    d.add_argument("--samples", type=int, default=1024, help="number of samples")
+    d.add_argument("--seed", type=int, default=0, help="seed of x_T and the samplers' noise")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--no-plots", action="store_true", help="write tables and JSON only")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -372,8 +487,9 @@ def main(argv=None) -> int:
                 "likelihood": cmd_likelihood, None: cmd_info}
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"sdekit: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the exception's text
+        print(f"sdekit: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sdekit: interrupted (finished configurations are kept; rerun with --resume)", file=sys.stderr)

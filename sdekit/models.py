@@ -18,6 +18,7 @@ index ``N t - 1``, fractional where the sampler asks for a time between grid poi
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -65,7 +66,7 @@ class ScoreModel:
         self.process = process
         self.prediction = prediction
         self.time_input = time_input
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.sample_shape = _check_sample_shape(sample_shape)
         self.nfe = 0
 
     # --- network call --------------------------------------------------------------------------------
@@ -94,21 +95,47 @@ class ScoreModel:
         if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN/Inf")
         batch = x.shape[0]
+        # the network runs in its own dtype (a float32 module fed a float64 state, as in diffusers' pipelines);
+        # the result comes back in the state's dtype
+        net_dtype = self.net_dtype()
+        in_dtype = x.dtype if net_dtype is None else net_dtype
         if self.prediction == "edm":
             xb = x / bcast(alpha, x)
             t_in = (sigma / alpha).expand(batch) if (sigma / alpha).ndim == 0 else sigma / alpha
-            out = self.net(xb, t_in.to(device=x.device, dtype=x.dtype), **cond)
+            out = self.net(xb.to(in_dtype), t_in.to(device=x.device, dtype=in_dtype), **cond)
         else:
             t_in = self.net_time(t)
             t_in = t_in.expand(batch) if t_in.ndim == 0 else t_in
-            out = self.net(x, t_in.to(device=x.device, dtype=x.dtype), **cond)
+            out = self.net(x.to(in_dtype), t_in.to(device=x.device, dtype=in_dtype), **cond)
         self.nfe += 1
         if not isinstance(out, torch.Tensor):
             out = getattr(out, "sample", out)  # diffusers-style outputs
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the network returned shape {got}; expected the input's shape {tuple(x.shape)}")
-        return out
+        if out.device.type == "cpu" and not bool(torch.isfinite(out).all()):  # (no check on a GPU: no sync)
+            when = float(t) if t.ndim == 0 else float(t.reshape(-1)[0])
+            raise ValueError(f"the model returned NaN/Inf at t = {when:.6g}")
+        return out.to(x.dtype)
+
+    def net_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the network's parameters when it is an ``nn.Module`` (else None)."""
+        if isinstance(self.net, torch.nn.Module):
+            p = next(self.net.parameters(), None)
+            if p is not None and p.is_floating_point():
+                return p.dtype
+        return None
+
+    def to(self, dtype: torch.dtype | None = None, device=None) -> ScoreModel:
+        """A copy whose network (when it is an ``nn.Module``) is a copy moved to ``dtype``/``device``; the
+        original is unchanged. Other networks are shared as they are."""
+        import copy
+
+        other = copy.copy(self)
+        if isinstance(self.net, torch.nn.Module):
+            other.net = copy.deepcopy(self.net).to(dtype=dtype, device=device)
+        other.nfe = 0
+        return other
 
     # --- parameterizations -----------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, t, kind: str = "x0", **cond) -> torch.Tensor:
@@ -135,6 +162,21 @@ class ScoreModel:
 
     def __repr__(self):
         return f"ScoreModel(prediction={self.prediction!r}, time_input={self.time_input!r}, process={self.process!r})"
+
+
+def _check_sample_shape(sample_shape) -> tuple[int, ...] | None:
+    """``sample_shape`` as a tuple of positive ints (or None); a one-line TypeError/ValueError otherwise."""
+    if sample_shape is None:
+        return None
+    if isinstance(sample_shape, (str, bytes)) or not hasattr(sample_shape, "__iter__"):
+        raise TypeError(f"sample_shape must be None or a sequence of positive ints, got {sample_shape!r}")
+    dims = tuple(sample_shape)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"sample_shape must be a sequence of positive ints, got {dims!r}")
+        if d <= 0:
+            raise ValueError(f"sample_shape entries must be positive ints, got {dims!r}")
+    return tuple(int(d) for d in dims)
 
 
 def convert(value: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha, sigma) -> torch.Tensor:

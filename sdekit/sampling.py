@@ -16,7 +16,7 @@ from .brownian import BrownianPath
 from .models import ScoreModel
 from .reverse import probability_flow, reverse_sde
 from .schedules import time_grid
-from .solve import PIController, Solution, solve
+from .solve import MAX_STEPS, PIController, Solution, solve
 from .solvers import Solver
 from .solvers import get as get_solver
 
@@ -74,6 +74,8 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
     if not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T contains NaN/Inf")
+    if grid is None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise ValueError(f"steps must be an int in [1, {MAX_STEPS}], got {steps!r}")
     ctrl_opts = {k: options.pop(k) for k in list(options) if k in _CONTROLLER_KEYS}
     cond = options.pop("cond", {})
     if isinstance(solver, Solver):

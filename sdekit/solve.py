@@ -75,6 +75,11 @@ class PIController:
         return min(self.factor_max, max(self.factor_min, f))
 
 
+#: the most steps a fixed grid may have (a 10-million-step Python loop is already hours): a tiny ``dt`` is refused
+#: before any memory is allocated
+MAX_STEPS = 10_000_000
+
+
 def _grid(ts, t0, t1, dt) -> list[float]:
     if ts is not None:
         if any(v is not None for v in (t0, t1, dt)):
@@ -98,7 +103,11 @@ def _grid(ts, t0, t1, dt) -> list[float]:
         raise ValueError("t0 and t1 must differ")
     if dt == 0 or (t1 - t0) * dt < 0:
         raise ValueError(f"dt={dt} must be non-zero with the sign of t1 - t0 = {t1 - t0:g}")
-    n = max(1, math.ceil(abs(t1 - t0) / abs(dt) - 1e-9))
+    n_float = abs(t1 - t0) / abs(dt)
+    if not n_float <= MAX_STEPS:
+        raise ValueError(f"dt={dt:g} gives {n_float:.3g} steps over [{min(t0, t1):g}, {max(t0, t1):g}]; at most "
+                         f"{MAX_STEPS} steps: dt must be at least {abs(t1 - t0) / MAX_STEPS:.3g} in size")
+    n = max(1, math.ceil(n_float - 1e-9))
     return torch.linspace(t0, t1, n + 1, dtype=torch.float64).tolist()
 
 
@@ -139,8 +148,54 @@ def _nonfinite(x: torch.Tensor) -> torch.Tensor:
 
 
 def _raise_nonfinite(step: int, t: float):
-    raise FloatingPointError(f"the state became NaN/Inf at step {step} (t = {t:.6g}); try a smaller step or "
-                             "a more stable solver")
+    raise FloatingPointError(f"the state became NaN/Inf at step {step} (t = {t:.6g}): the drift or diffusion "
+                             "returned NaN/Inf there, or the step is too large for this problem (try a smaller "
+                             "step or a more stable solver)")
+
+
+class _FirstCallCheck:
+    """The problem seen by the first step of a solve: every drift and diffusion value is checked against the
+    state's shape once (a drift returning ``x[:, :1]`` would otherwise broadcast to a finite wrong answer), then
+    the solve runs on the problem itself."""
+
+    def __init__(self, problem):
+        self._problem = problem
+
+    def __getattr__(self, name):
+        return getattr(self._problem, name)
+
+    def drift(self, t, x):
+        f = self._problem.drift(t, x)
+        if not isinstance(f, torch.Tensor) or f.shape != x.shape:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"the drift returned shape {got} for a state of shape {tuple(x.shape)}; it must "
+                             "return the state's shape")
+        return f
+
+    def diffusion(self, t, x):
+        g = self._problem.diffusion(t, x)
+        if not isinstance(g, (torch.Tensor, float, int)):
+            raise ValueError(f"the diffusion returned a {type(g).__name__}, not a tensor")
+        if isinstance(g, torch.Tensor):
+            shape = self._problem.brownian_shape(tuple(x.shape))
+            try:
+                out = self._problem.g_dw(g, torch.zeros(shape, dtype=x.dtype, device=x.device), x)
+            except RuntimeError as e:
+                raise ValueError(f"the diffusion's shape {tuple(g.shape)} does not fit noise_type="
+                                 f"{self._problem.noise_type!r} and a state of shape {tuple(x.shape)}: {e}") from None
+            if out.shape != x.shape:
+                raise ValueError(f"the diffusion's shape {tuple(g.shape)} gives a noise term of shape "
+                                 f"{tuple(out.shape)} for a state of shape {tuple(x.shape)} "
+                                 f"(noise_type={self._problem.noise_type!r})")
+        return g
+
+
+def _step(solver, problem, i, t0, t1, x, noise, state):
+    """One step with its context: an error raised inside (a model's NaN check, a shape check) names the step."""
+    try:
+        return solver.step(problem if i else _FirstCallCheck(problem), t0, t1, x, noise, state)
+    except ValueError as e:
+        raise ValueError(f"at step {i + 1} (t = {t0:.6g} to {t1:.6g}): {e}") from None
 
 
 def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=None, dt=None,
@@ -188,8 +243,8 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
 
         it = tqdm(it, desc=f"solve[{solver.name}]", leave=False)
     for i in it:
-        x, state, _ = solver.step(problem, grid[i], grid[i + 1], x, _increment(source, solver, grid[i], grid[i + 1]),
-                                  state)
+        x, state, _ = _step(solver, problem, i, grid[i], grid[i + 1], x,
+                            _increment(source, solver, grid[i], grid[i + 1]), state)
         if check_now:
             if not math.isfinite(float(x.detach().sum())):  # one reduction; float() of a CPU scalar is cheap
                 _raise_nonfinite(i + 1, grid[i + 1])
@@ -226,6 +281,8 @@ def _save_indices(save_at, grid):
             raise ValueError(f"save_at must be times or 'steps', got {save_at!r}")
         return set(range(len(grid)))
     times = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1).tolist()
+    if not all(math.isfinite(s) for s in times):
+        raise ValueError(f"save_at contains NaN/Inf: {save_at!r}")
     g = torch.tensor(grid, dtype=torch.float64)
     tol = 1e-9 * float((g[-1] - g[0]).abs())
     out = set()
@@ -272,6 +329,8 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
         if isinstance(save_at, str):
             raise ValueError("save_at='steps' is for fixed grids; give times for an adaptive solve")
         save_times = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1).tolist()
+        if not all(math.isfinite(s) for s in save_times):
+            raise ValueError(f"save_at contains NaN/Inf: {save_at!r}")
         lo, hi = min(t0, t1), max(t0, t1)
         if any(not (lo <= s <= hi) for s in save_times):
             raise ValueError(f"save_at times must lie in [{lo:g}, {hi:g}]")
@@ -279,7 +338,7 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
             raise ValueError("save_at times must be ordered in the direction of integration")
     err_order = (solver.order or 1.0) - 1.0  # embedded estimate is one order lower
     t, x = t0, x0
-    f0 = problem.drift(time_like(t0, x0), x0)
+    f0 = _FirstCallCheck(problem).drift(time_like(t0, x0), x0)
     nfe = 1
     state = f0
     if ctrl.dt0 is not None:
@@ -298,7 +357,9 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=abs(t1 - t0), desc=f"solve[{solver.name}]", leave=False)
+        bar = tqdm(total=abs(t1 - t0), desc=f"solve[{solver.name}]", leave=False,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| t {n:.4g}/{total:.4g} [{elapsed}<{remaining}"
+                              "{postfix}]")
     while (t1 - t) * direction > 0:
         if accepted + rejected >= ctrl.max_steps:
             raise RuntimeError(f"adaptive solve exceeded max_steps={ctrl.max_steps} at t = {t:.6g} "
@@ -317,6 +378,8 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
                 si += 1
             if bar is not None:
                 bar.update(step)
+                if accepted % 10 == 0:
+                    bar.set_postfix_str(f"NFE {nfe}, {accepted + 1} accepted, {rejected} rejected", refresh=False)
             t, x, state = t_new, x_new, new_state
             accepted += 1
             if not bool(torch.isfinite(x).all()):

@@ -14,7 +14,7 @@ import torchsde
 from torch import nn
 
 import sdekit
-from sdekit import ODE, SDE, BrownianPath, PIController, from_torchsde, solve
+from sdekit import ODE, BrownianPath, PIController, from_torchsde, solve
 from sdekit.solvers import REGISTRY, DiffusionSampler
 
 F64 = torch.float64
@@ -183,7 +183,8 @@ def test_agrees_with_torchsde_on_the_same_increments(ours, theirs, noise_type, d
     mine = solve(sde, x0, ours, ts=grid, brownian=bm).x
     with torch.no_grad():
         ts_shape = (B, 1) if noise_type == "scalar" else shape
-        ys = torchsde.sdeint(obj, x0, grid, method=theirs, dt=1 / n, bm=_TorchsdeBM(bm, ts_shape, noise_type == "scalar"))
+        ts_bm = _TorchsdeBM(bm, ts_shape, noise_type == "scalar")
+        ys = torchsde.sdeint(obj, x0, grid, method=theirs, dt=1 / n, bm=ts_bm)
     # the same scheme on the same increments: float rounding of the same operations in another order
     tol = 2e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(mine.detach(), ys[-1], atol=tol, rtol=tol)

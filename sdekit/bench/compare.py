@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +78,12 @@ def expand_solvers(spec: Sequence[str]) -> list[str]:
     return out
 
 
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
 def _atomic_write(path: str, text: str) -> None:
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
@@ -86,6 +93,7 @@ def _atomic_write(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files, like the plots
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -104,7 +112,9 @@ class ComparisonConfig:
     dtype: str = "float64"
     device: str = "cpu"
     reference_rtol: float = 1e-10
+    reference_method: str = "DOP853"
     model_name: str = "model"
+    model_fingerprint: str = ""  # hash of the model's weights (or outputs on a probe batch): see model_fingerprint
     scatter_nfe: int | None = None  # save the samples of this NFE (scatter plots, image grids)
     reference_check: bool = True
     extra: dict = field(default_factory=dict)
@@ -125,65 +135,242 @@ def samples_path(out_dir, cfg, solver, nfe):
 
 def _save_npy(path: str, array: np.ndarray) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".npy")
     os.close(fd)
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    try:
+        np.save(tmp, array)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+#: a reference needing more evaluations than this is flagged as costly (rough PF-ODE in t, see the README)
+ROUGH_REFERENCE_NFE = 2000
+
+
+def model_fingerprint(model, shape) -> str:
+    """What determines a model's outputs, hashed: the weights of its network when it is an ``nn.Module``, and
+    always its outputs on a fixed probe batch at three times (which also covers closures and analytic models).
+    A cached reference or record from another model (or the same one retrained) never matches."""
+    h = hashlib.sha256()
+    h.update(repr(model.process).encode())
+    net = getattr(model, "net", None)
+    if isinstance(net, torch.nn.Module):
+        for name, value in net.state_dict().items():
+            h.update(name.encode())
+            h.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    p = model.process
+    probe = p.prior_sample((4, *shape), generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    with torch.no_grad():
+        for t in (float(p.t_max), 0.5 * (float(p.t_max) + float(p.t_min)), float(p.t_min)):
+            out = model.predict(probe, t, "eps")
+            h.update(out.detach().to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _ReferenceProgress:
+    """A tqdm bar over the reference solve: share of the interval reached, NFE, evaluation rate, ETA."""
+
+    def __init__(self, t_start: float, t_end: float, enabled: bool):
+        self.t_start, self.span, self.nfe, self.bar = t_start, abs(t_end - t_start), 0, None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=1000, desc="reference", unit="‰", dynamic_ncols=True, leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self._done = 0
+
+    def __call__(self, t: float):
+        self.nfe += 1
+        if self.bar is None:
+            return
+        done = min(1000, int(1000 * abs(t - self.t_start) / self.span))
+        if done > self._done:
+            self.bar.update(done - self._done)
+            self._done = done
+        if self.nfe % 20 == 0:
+            self.bar.set_postfix_str(f"t={t:.4f} NFE={self.nfe}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def reference_endpoint(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, cache: str | None,
-                       stats: dict | None = None):
-    """Float64 DOP853 solve of the PF-ODE from ``x_T`` (cached as .npy under ``cache`` when given).
+                       stats: dict | None = None, method: str = "DOP853", progress: bool = False):
+    """Float64 solve (scipy DOP853 by default) of the PF-ODE from ``x_T``, cached as .npy under ``cache``.
 
-    ``stats``, when given, receives ``nfe`` (drift evaluations of the solve; not set on a cache hit).
+    A cache that cannot be read, has another shape or holds NaN/Inf is recomputed. ``stats``, when given,
+    receives ``nfe`` (drift evaluations of the solve; not set on a cache hit).
     """
     if cache is not None and os.path.exists(cache):
-        return torch.from_numpy(np.load(cache))
+        cached = _load_reference(cache, tuple(x_T.shape))
+        if cached is not None:
+            return cached
     ode = probability_flow(model.process, model)
-    count = [0]
+    bar = _ReferenceProgress(t_start, t_end, progress)
 
     def drift(t, x):
-        count[0] += 1
+        bar(float(t))
         return ode.drift(t, x)
 
-    ref = reference_solve(drift, x_T.double().cpu(), t_start, t_end, rtol=rtol, atol=rtol)
+    try:
+        ref = reference_solve(drift, x_T.double().cpu(), t_start, t_end, rtol=rtol, atol=rtol, method=method)
+    finally:
+        bar.close()
+    if not bool(torch.isfinite(ref).all()):
+        raise ValueError(f"the reference solve of the PF-ODE returned NaN/Inf: the model returns NaN/Inf "
+                         f"between t = {t_start:g} and {t_end:g}")
     if stats is not None:
-        stats["nfe"] = count[0]
+        stats["nfe"] = bar.nfe
     if cache is not None:
         _save_npy(cache, ref.numpy())
     return ref
 
 
-def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log) -> tuple[torch.Tensor, dict]:
-    """The reference end points and their record (tolerance, NFE, the check against a looser solve).
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
-    Cached in ``out_dir`` under the configuration key (which covers the model name, samples, seed, process
-    times, dtype and tolerance), so a later run of the same configuration reuses it.
+
+def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None) -> torch.Tensor | None:
+    """The cached reference at ``path``, or None (after saying why) when it is unreadable, does not fit, or its
+    content differs from the digest recorded when it was written."""
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        print(f"sdekit: the cached reference {path} is unreadable ({type(e).__name__}); recomputing it",
+              file=sys.stderr)
+        return None
+    if arr.shape != shape or arr.dtype != np.float64 or not np.isfinite(arr).all():
+        why = (f"shape {arr.shape}, expected {shape}" if arr.shape != shape else
+               f"dtype {arr.dtype}" if arr.dtype != np.float64 else "NaN/Inf values")
+        print(f"sdekit: the cached reference {path} does not fit this run ({why}); recomputing it", file=sys.stderr)
+        return None
+    if sha256 is not None and _digest(arr) != sha256:
+        print(f"sdekit: the cached reference {path} was modified after it was written (SHA-256 differs); "
+              "recomputing it", file=sys.stderr)
+        return None
+    return torch.from_numpy(arr)
+
+
+def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) -> tuple[torch.Tensor, dict]:
+    """The reference end points and their record (method, tolerance, NFE, cost, the check against a looser solve).
+
+    Cached in ``out_dir`` under the configuration key, which covers the model's fingerprint (weights, outputs),
+    the samples, seed, process times, dtype, method and tolerance: a later run of the same configuration reuses
+    it, a changed model never does. A cached file is validated (readable, shape, finite) before it is used.
     """
     key = cfg.key()
     cache = os.path.join(out_dir, f"reference-{key}.npy")
     info_path = os.path.join(out_dir, f"reference-{key}.json")
+    reuse_unrecorded = resume  # a killed run may have left the end points without their record
     if os.path.exists(cache) and os.path.exists(info_path):
-        with open(info_path) as f:
-            info = json.load(f)
-        if info.get("check_rmse") is not None or not cfg.reference_check:
-            return torch.from_numpy(np.load(cache)), info
-    info = {"method": "scipy DOP853, float64", "rtol": cfg.reference_rtol, "atol": cfg.reference_rtol}
-    log(f"reference: float64 DOP853 PF-ODE solve of {cfg.samples} samples (rtol = atol = {cfg.reference_rtol:g}) ...")
+        info = _read_json(info_path, dict, log)
+        ok = info is not None and (info.get("check_rmse") is not None or not cfg.reference_check)
+        if ok:
+            ref = _load_reference(cache, tuple(x_T.shape), info.get("sha256", ""))
+            if ref is not None:
+                return ref, info
+            reuse_unrecorded = False  # recorded but damaged: never reused
+    info = {"method": f"scipy {cfg.reference_method}, float64", "rtol": cfg.reference_rtol,
+            "atol": cfg.reference_rtol}
+    log(f"reference: float64 {cfg.reference_method} PF-ODE solve of {cfg.samples} samples "
+        f"(rtol = atol = {cfg.reference_rtol:g}) ...")
     stats: dict = {}
     t0 = time.perf_counter()
-    ref = reference_endpoint(model, x_T, t_start, t_end, rtol=cfg.reference_rtol, cache=cache if resume else None,
-                             stats=stats)  # a killed run may have left the end points without their record
+    ref = reference_endpoint(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
+                             cache=cache if reuse_unrecorded else None, stats=stats, method=cfg.reference_method,
+                             progress=progress)
     _save_npy(cache, ref.numpy())
+    info["sha256"] = _digest(ref.numpy())
     info["nfe"], info["wall_s"] = stats.get("nfe"), time.perf_counter() - t0
+    if info["nfe"] is not None:
+        log(f"reference: {info['nfe']} NFE in {info['wall_s']:.1f} s")
     if cfg.reference_check:
         loose = 100 * cfg.reference_rtol
         log(f"reference check: the same solve at rtol = atol = {loose:g} ...")
         stats = {}
-        other = reference_endpoint(model, x_T, t_start, t_end, rtol=loose, cache=None, stats=stats)
-        info.update({"check_rtol": loose, "check_nfe": stats.get("nfe"), "check_rmse": rmse(other, ref)})
+        t1 = time.perf_counter()
+        other = reference_endpoint(model, x_T, t_start, t_end, rtol=loose, cache=None, stats=stats,
+                                   method=cfg.reference_method, progress=progress)
+        info.update({"check_rtol": loose, "check_nfe": stats.get("nfe"), "check_rmse": rmse(other, ref),
+                     "check_wall_s": time.perf_counter() - t1})
+    if info["nfe"] is not None and info["nfe"] > ROUGH_REFERENCE_NFE:
+        hint = (f"the reference needed {info['nfe']} NFE: this PF-ODE is rough in t (a network's time features "
+                f"can do this; see the README's time-embedding finding)")
+        if info.get("check_rmse") is not None:
+            hint += (f". The check at {info['check_rtol']:g} cost {info['check_nfe']} NFE and differs by "
+                     f"{info['check_rmse']:.1e} RMSE: if that is far below the sampler errors, "
+                     f"--reference-rtol {info['check_rtol']:g} is enough")
+        info["hint"] = hint
+        log(f"note: {hint}")
     _atomic_write(info_path, json.dumps(info, indent=1))
     return ref, info
+
+
+#: keys (and types) every comparison record has; a record on disk without them is recomputed on --resume
+RECORD_KEYS = {"solver": str, "kind": (str, type(None)), "nfe_budget": int, "steps": int, "nfe": int,
+               "wall_s": float, "spacing": str, "samples": int, "seed": int, "t_end": float, "model": str,
+               "config_key": str, "finite": bool}
+
+
+def _read_json(path: str, kind: type, log) -> dict | None:
+    """The JSON object at ``path``, or None (after saying why) when it is unreadable or not a ``kind``."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        log(f"sdekit: {path} is unreadable ({type(e).__name__}: {e}); recomputing it")
+        return None
+    if not isinstance(value, kind):
+        log(f"sdekit: {path} holds a {type(value).__name__}, not a JSON object; recomputing it")
+        return None
+    return value
+
+
+def _valid_record(rec: dict, solver: str, nfe: int, key: str) -> str | None:
+    """Why a record read back on --resume cannot be used (None when it can)."""
+    for name, typ in RECORD_KEYS.items():
+        if name not in rec:
+            return f"it has no {name!r}"
+        if not isinstance(rec[name], typ) or (typ is int and isinstance(rec[name], bool)):
+            return f"its {name!r} is a {type(rec[name]).__name__}"
+    if (rec["solver"], rec["nfe_budget"], rec["config_key"]) != (solver, nfe, key):
+        return "it belongs to another configuration"
+    return None
+
+
+def min_nfe(solver_name: str) -> int:
+    """The fewest model evaluations one run of ``solver_name`` takes (one step)."""
+    return get_solver(solver_name).evals_per_step
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Create ``out_dir`` if needed and make sure files can be written there; a ValueError names the folder."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".tmp-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir} cannot be written to ({e.strerror or type(e).__name__})") from None
+
+
+def _reference_model(model):
+    """The model the float64 reference solve uses: a float64 copy when its network is a lower-precision
+    ``nn.Module`` (so the reference is not limited by float32 evaluations), else the model itself."""
+    to = getattr(model, "to", None)
+    net = getattr(model, "net", None)
+    if callable(to) and isinstance(net, torch.nn.Module):
+        p = next(net.parameters(), None)
+        if p is not None and p.is_floating_point() and p.dtype != torch.float64:
+            return model.to(dtype=torch.float64, device="cpu")
+    return model
 
 
 def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool = False, progress: bool = True,
@@ -191,18 +378,27 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     """Run every (solver, NFE) configuration of ``cfg`` on ``model``; returns the records (also on disk).
 
     ``data``: held-out data for the distribution distance when the model is not analytic (the first
-    ``min(cfg.samples, len(data))`` points are used, against as many samples).
+    ``min(cfg.samples, len(data))`` points are used, against as many samples). Runs without gradients: a
+    network whose parameters require gradients (the PyTorch default) is fine. A budget smaller than a solver's
+    one step is skipped (and listed in ``results.json``), never exceeded.
     """
+    with torch.no_grad():
+        return _run_comparison(model, cfg, out_dir, resume, progress, log, data)
+
+
+def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[dict]:
     dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
     process = model.process
     shape = getattr(model, "sample_shape", None)
     if shape is None:
         raise ValueError("the model needs a sample_shape (the shape of one sample) for comparisons")
+    check_out_dir(out_dir)
+    if not cfg.model_fingerprint:
+        cfg.model_fingerprint = model_fingerprint(model, tuple(shape))
     gen = torch.Generator().manual_seed(cfg.seed)
     x_T = process.prior_sample((cfg.samples, *shape), generator=gen, dtype=torch.float64)
     t_start = float(process.t_max)
     t_end = float(process.t_min if cfg.t_end is None else cfg.t_end)
-    os.makedirs(out_dir, exist_ok=True)
     rec_dir = os.path.join(out_dir, "records")
     if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
         for name in os.listdir(rec_dir):
@@ -211,7 +407,7 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     need_ref = any(_kind(s) == "deterministic" for s in cfg.solvers)
     ref, ref_info = None, None
     if need_ref:
-        ref, ref_info = _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log)
+        ref, ref_info = _reference(_reference_model(model), cfg, x_T, t_start, t_end, out_dir, resume, log, progress)
     mixture = getattr(model, "mixture", None)
     exact, floor, n_dist = None, None, cfg.samples
     if mixture is not None:
@@ -232,7 +428,15 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
             floor = sliced_wasserstein2(data[n_dist:2 * n_dist], exact,
                                         generator=torch.Generator().manual_seed(cfg.seed + 2))
         distance_to = f"{n_dist} held-out data points"
-    jobs = [(s, n) for s in cfg.solvers for n in cfg.nfe]
+    jobs, skipped = [], []
+    for s_name in dict.fromkeys(cfg.solvers):
+        for n in sorted(set(cfg.nfe)):
+            if n < min_nfe(s_name):
+                skipped.append({"solver": s_name, "nfe_budget": n,
+                                "reason": f"one step of {s_name} takes {min_nfe(s_name)} NFE"})
+                log(f"skipped: {s_name} at a budget of {n} NFE (one step takes {min_nfe(s_name)})")
+            else:
+                jobs.append((s_name, n))
     records = []
     bar = None
     if progress:
@@ -244,11 +448,15 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
         if bar is not None:
             bar.set_postfix_str(f"{solver_name} @ {nfe} NFE")
         if resume and os.path.exists(path):
-            with open(path) as f:
-                records.append(json.load(f))
-            if bar is not None:
-                bar.update(1)
-            continue
+            rec = _read_json(path, dict, log)
+            why = None if rec is None else _valid_record(rec, solver_name, nfe, cfg.key())
+            if rec is not None and why is None:
+                records.append(rec)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if why is not None:
+                log(f"sdekit: the record {path} cannot be used ({why}); recomputing it")
         solver = get_solver(solver_name)
         steps = max(1, nfe // solver.evals_per_step)
         x = x_T.to(device=cfg.device, dtype=dtype)
@@ -283,7 +491,8 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     if exact is not None:
         distance = {"to": distance_to, "samples": n_dist, "floor": None if floor is None else floor[0],
                     "floor_stderr": None if floor is None else floor[1]}
-    summary = {"config": vars(cfg), "reference": ref_info, "distance": distance, "records": records}
+    summary = {"config": vars(cfg), "reference": ref_info, "distance": distance, "records": records,
+               "skipped": skipped}
     _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
     return records
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver
 from .._utils import time_like
+from .base import Solver
 
 
 class EulerMaruyama(Solver):
