@@ -442,10 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure convergence orders on problems with exact answers: fitted order "
                                    "with a confidence interval against the declared one, PASS/FAIL.")
     o.add_argument("--problem", default="ou", choices=["ou", "gbm", "linear", "pf-ode"], help="test problem")
-    o.add_argument("--solvers", default=None, help="comma-separated names (default: all that apply)")
-    o.add_argument("--kind", default=None, choices=["ode", "strong", "weak"], help="default: by problem")
-    o.add_argument("--steps", default=None, help="comma-separated step counts (default: per problem)")
-    o.add_argument("--samples", type=int, default=2000, help="sample paths (strong and weak orders)")
+    o.add_argument("--solvers", default=None,
+                   help="comma-separated names (default: every registered solver the problem and kind apply to)")
+    o.add_argument("--kind", default=None, choices=["ode", "strong", "weak"],
+                   help="default: strong for ou/gbm, ode for linear/pf-ode; ou and gbm accept strong or weak")
+    o.add_argument("--steps", default=None,
+                   help="comma-separated step counts, each 1..65536 (default: the test suite's ladder: ODE by "
+                        "declared order, strong 8..128, weak 8..64, pf-ode 50..400)")
+    o.add_argument("--samples", type=int, default=2000,
+                   help="Brownian paths for strong orders; initial points for pf-ode (at most 256); unused by weak "
+                        "orders (exact moments) and linear")
     o.add_argument("--seed", type=int, default=0, help="seed of the Brownian paths and initial states")
     o.add_argument("--out", default="runs/order", help="output folder (JSON, plot)")
     o.add_argument("--no-plots", action="store_true", help="JSON and table only")

@@ -180,8 +180,9 @@ class _ReferenceProgress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=1000, desc="reference", unit="‰", dynamic_ncols=True, leave=False,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
         self._done = 0
+        self._start = time.perf_counter()
 
     def __call__(self, t: float):
         self.nfe += 1
@@ -192,7 +193,8 @@ class _ReferenceProgress:
             self.bar.update(done - self._done)
             self._done = done
         if self.nfe % 20 == 0:
-            self.bar.set_postfix_str(f"t={t:.4f} NFE={self.nfe}")
+            rate = self.nfe / max(1e-9, time.perf_counter() - self._start)
+            self.bar.set_postfix_str(f"t={t:.4f} NFE={self.nfe} ({rate:.0f} NFE/s)")
 
     def close(self):
         if self.bar is not None:
