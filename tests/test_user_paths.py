@@ -310,3 +310,12 @@ def test_likelihood_of_a_users_float32_module_on_their_data(tmp_path):
     bad.write_bytes(b"garbage")
     assert_one_line_error(run("likelihood", "--model", f"{USER}:mlp_eps_net", "--data", str(bad), "--out",
                               str(tmp_path)), str(bad))
+
+
+def test_the_reference_solve_shows_progress(tmp_path):
+    r = run("compare", "--model", f"{USER}:mlp_eps_net", "--solvers", "ddim", "--nfe", "5", "--samples", "8",
+            "--out", str(tmp_path), "--no-plots")
+    assert r.returncode == 0, r.stderr
+    frames = r.stderr.replace("\r", "\n")
+    assert "reference:" in frames and "NFE=" in frames and "NFE/s" in frames
+    assert "reference: " in r.stderr and " NFE in " in r.stderr  # the cost, once it is done
