@@ -173,3 +173,19 @@ def test_cli_reports_a_corrupt_checkpoint_in_one_line(folder, tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("sdekit: error: ") and str(named) in lines[0], r.stderr
+
+
+def test_sidecar_tensor_entry_without_shape_is_a_checkpoint_error(tmp_path):
+    import sdekit.zoo as zoo
+
+    src = zoo.ZOO_DIR
+    for f in src.iterdir():
+        if f.name.startswith("moons-vp-eps"):
+            shutil.copy(f, tmp_path / f.name)
+    sidecar = tmp_path / "moons-vp-eps.json"
+    meta = json.loads(sidecar.read_text())
+    first = next(iter(meta["weights"]["tensors"]))
+    del meta["weights"]["tensors"][first]["shape"]
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(zoo.CheckpointError, match="shape"):
+        zoo.load("moons-vp-eps", root=tmp_path)

@@ -13,33 +13,34 @@
 Needs hypothesis (``pip install 'sdekit[testing]'``). See ``docs/testing.md``.
 """
 
-from . import (
-    diffusion_checks,  # noqa: F401  (registers the diffusion-sampler checks)
-    problems,
-    strategies,
-)
-from .conformance import (
-    CHECKS,
-    PROFILES,
-    Case,
-    Check,
-    CheckFailed,
-    Context,
-    Failure,
-    Profile,
-    Report,
-    applicable_checks,
-    assert_solver_conforms,
-    capabilities,
-    check_solver,
-    hypothesis_settings,
-    measure_ode_order,
-    register_check,
-    unregister_check,
-)
+import importlib
+
+# Light parts (no hypothesis needed): the problems, exact weak moments and evaluation counting.
+from . import problems
 from .counting import CountingProblem
 from .noise import CastNoise, ImpulseNoise, MirrorNoise, NotAffineError, PaddedNoise, SequenceNoise, exact_moments
 from .problems import Problem
+
+# The strategies and the conformance suite need hypothesis: they load on first use, so ``exact_moments`` and the
+# problems work without it (``sdekit order --kind weak`` uses them).
+_LAZY = {name: "conformance" for name in (
+    "CHECKS", "PROFILES", "Case", "Check", "CheckFailed", "Context", "Failure", "Profile", "Report",
+    "applicable_checks", "assert_solver_conforms", "capabilities", "check_solver", "hypothesis_settings",
+    "measure_ode_order", "register_check", "unregister_check")}
+_LAZY.update({"strategies": None, "conformance": None, "diffusion_checks": None})
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sdekit.testing' has no attribute {name!r}")
+    module = _LAZY[name] or name
+    mod = importlib.import_module(f".{module}", __name__)
+    if module in ("conformance", "diffusion_checks"):
+        importlib.import_module(".diffusion_checks", __name__)  # registers the diffusion-sampler checks
+    value = mod if _LAZY[name] is None else getattr(mod, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "strategies", "problems", "Problem",

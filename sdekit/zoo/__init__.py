@@ -321,7 +321,12 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
         raise CheckpointError(f"weights file {weights_path} named by sidecar {sidecar_path} does not exist")
     digest = sidecar["weights"]["sha256"].lower()
     tensors = _read_weights(weights_path, sidecar_path, digest)
-    declared = {k: v["shape"] for k, v in sidecar["weights"].get("tensors", {}).items()}
+    entries = sidecar["weights"].get("tensors", {})
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) and isinstance(v.get("shape"), list)
+                                                for v in entries.values()):
+        raise CheckpointError(f"sidecar {sidecar_path}: weights.tensors must map each tensor name to an object "
+                              "with a 'shape' list")
+    declared = {k: v["shape"] for k, v in entries.items()}
     found = {k: list(v.shape) for k, v in tensors.items()}
     diff = _shape_diff(declared, found)
     if diff:
