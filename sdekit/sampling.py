@@ -101,7 +101,7 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
     n0 = getattr(model, "nfe", None)
     stochastic = bool(s.noise_types)
     problem = reverse_sde(process, model, **cond) if stochastic else probability_flow(process, model, **cond)
-    if getattr(s, "adaptive_lambda", False):
+    if s.adaptive_lambda:
         s.check(problem)
         x, stats = s.run(problem, x_T, float(ts[0]), float(ts[-1]))
         sol = Solution(x=x, stats=stats)

@@ -232,7 +232,7 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
     source = _noise_source(problem, solver, x0, brownian, generator, grid[0], grid[-1])
     save_idx = _save_indices(save_at, grid)
     n = len(grid) - 1
-    init_kw = {"grid": grid} if getattr(solver, "wants_grid", False) else {}
+    init_kw = {"grid": grid} if solver.wants_grid else {}
     x, state = x0, solver.init(problem, grid[0], x0, **init_kw)
     saved = [x0] if (save_idx is not None and 0 in save_idx) else []
     check_now = x0.device.type == "cpu"
@@ -257,20 +257,12 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
         if bool(bad.any()):  # the one synchronisation of the fixed-grid loop
             first = int(torch.nonzero(bad)[0])
             _raise_nonfinite(first + 1, grid[first + 1])
-    if hasattr(solver, "count_nfe"):
-        nfe = solver.count_nfe(state, n)
-    else:
-        nfe = n * solver.evals_per_step + _init_evals(solver)
+    nfe = solver.count_nfe(state, n)
     stats = {"nfe": nfe, "n_steps": n, "n_accepted": n, "n_rejected": 0, "solver": solver.name}
     if save_idx is None:
         return Solution(x=x, stats=stats)
     ts_saved = torch.tensor([grid[j] for j in sorted(save_idx)], dtype=torch.float64)
     return Solution(x=x, xs=torch.stack(saved), ts=ts_saved, stats=stats)
-
-
-def _init_evals(solver) -> int:
-    tab = getattr(solver, "tableau", None)
-    return 1 if (tab is not None and tab.fsal) else 0
 
 
 def _save_indices(save_at, grid):
@@ -322,7 +314,10 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
     if not problem.is_ode:
         raise ValueError("adaptive step-size control is implemented for ODEs; use a fixed grid for SDEs")
     if not solver.adaptive:
-        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: bosh3, dopri5")
+        from .solvers import REGISTRY
+
+        pairs = ", ".join(sorted(n for n, c in REGISTRY.items() if c.adaptive and not c.adaptive_lambda))
+        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: {pairs}")
     direction = 1.0 if t1 > t0 else -1.0
     save_times = None
     if save_at is not None:
@@ -387,8 +382,7 @@ def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, sav
             factor = ctrl.factor(ratio, prev_ratio, err_order)
             prev_ratio = ratio
         else:
-            rejected += 1
-            state = solver._last[4][0] if solver.tableau.fsal else state  # the derivative at x stays valid
+            rejected += 1  # x and its derivative (the state) stay as they were
             factor = min(1.0, ctrl.factor(ratio, prev_ratio, err_order))
         h = min(ctrl.dt_max, step * factor)
         if h < ctrl.dt_min or h <= 1e-14 * max(abs(t), 1.0):

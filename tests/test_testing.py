@@ -65,7 +65,7 @@ def test_registered_solver_conforms(name):
     if "diffusion:sde" in report.capabilities and not keys:  # stochastic samplers: moments and determinism
         assert {"diffusion_moments", "diffusion_determinism"} <= set(report.checks), report.summary()
         return
-    if getattr(solver, "adaptive_lambda", False):
+    if solver.adaptive_lambda:
         assert "diffusion_determinism" in report.checks, report.summary()
         return
     assert keys and all(k in report.orders for k in keys), report.summary()

@@ -44,13 +44,13 @@ GROUPS = {
     "all-deterministic": lambda: [n for n in sorted(REGISTRY) if _kind(n) == "deterministic"],
     "all-stochastic": lambda: [n for n in sorted(REGISTRY) if _kind(n) == "stochastic"],
 }
-SKIP_IN_GROUPS = {"dpm_solver_adaptive", "dopri5", "bosh3"}  # adaptive: they choose their own NFE
-
-
 def _kind(name: str) -> str | None:
-    if name in SKIP_IN_GROUPS:
+    """``"deterministic"``/``"stochastic"`` for the comparison groups; None for solvers that choose their own
+    steps (embedded pairs, the adaptive DPM-Solver: a budget does not apply) or cannot run a diffusion."""
+    cls = REGISTRY[name]
+    if cls.adaptive or cls.adaptive_lambda:
         return None
-    s = REGISTRY[name]()
+    s = cls()
     if isinstance(s, DiffusionSampler):
         return "stochastic" if s.noise_types else "deterministic"
     if not s.noise_types:

@@ -149,7 +149,7 @@ def _refusal(name: str, problem: str, kind: str) -> str | None:
                     "order use --problem linear)")
         if solver.noise_types:
             return f"{name!r} is a stochastic sampler; --problem pf-ode measures deterministic ones"
-        if getattr(solver, "adaptive_lambda", False):
+        if solver.adaptive_lambda:
             return f"{name!r} chooses its own steps; --problem pf-ode measures fixed-step samplers"
         return None
     if _is_sampler(cls):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from .base import Solver
-from .diffusion import DIFFUSION_SAMPLERS, DiffusionSampler
-from .ode import ODE_SOLVERS, ExplicitRK, Tableau
-from .sde import SDE_SOLVERS
-
-REGISTRY: dict[str, type[Solver]] = {cls.name: cls for cls in (*SDE_SOLVERS, *ODE_SOLVERS, *DIFFUSION_SAMPLERS)}
+from . import diffusion, ode, sde  # noqa: F401  (their classes register themselves)
+from .base import REGISTRY, Solver, register
+from .diffusion import DiffusionSampler
+from .ode import ExplicitRK, Tableau
 
 
 def get(name: str | Solver, **options) -> Solver:
@@ -23,16 +21,6 @@ def get(name: str | Solver, **options) -> Solver:
     except KeyError:
         raise ValueError(f"unknown solver {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
     return cls(**options)
-
-
-def register(cls: type[Solver]) -> type[Solver]:
-    """Class decorator: add a solver class to :data:`REGISTRY` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a solver named {cls.name!r} is already registered")
-    REGISTRY[cls.name] = cls
-    return cls
 
 
 __all__ = ["REGISTRY", "Solver", "DiffusionSampler", "ExplicitRK", "Tableau", "get", "register"]

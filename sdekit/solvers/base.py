@@ -32,6 +32,12 @@ class Solver:
     evals_per_step: int = 1
     adaptive: bool = False
     needs_levy_area: bool = False
+    #: the solver's init takes the whole time grid (``init(problem, t0, x0, grid=...)``): multistep samplers
+    wants_grid: bool = False
+    #: the solver chooses its own steps in log-SNR (``sample`` runs it; a fixed grid does not apply)
+    adaptive_lambda: bool = False
+    #: evaluations made once before the first step (a first-same-as-last method's first derivative)
+    init_evals: int = 0
     #: orders that differ on additive noise (e.g. Euler–Maruyama is strong order 1.0 there)
     additive_strong_order: float | None = None
     additive_weak_order: float | None = None
@@ -67,6 +73,10 @@ class Solver:
         """Solver state carried between steps (e.g. a first-same-as-last derivative)."""
         return None
 
+    def count_nfe(self, state, n_steps: int) -> int:
+        """Model (drift) evaluations of a fixed-grid solve of ``n_steps`` that ended in ``state``."""
+        return n_steps * self.evals_per_step + self.init_evals
+
     def step(self, problem, t0: float, t1: float, x0: torch.Tensor, noise, state):
         """One step. Returns ``(x1, state, error)``; ``error`` is an embedded error estimate or None.
 
@@ -76,3 +86,20 @@ class Solver:
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+#: The one registry of solvers: name -> solver class. Built-in solvers register where they are defined; tests,
+#: benchmarks and the CLI derive every list of names from it and from the classes' declared metadata.
+REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: add a solver class to :data:`REGISTRY` under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise TypeError(f"register takes a Solver subclass, got {cls!r}")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a solver named {cls.name!r} is already registered")
+    REGISTRY[cls.name] = cls
+    return cls

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .base import Solver
+from .base import Solver, register
 
 
 def _t(t: float) -> torch.Tensor:
@@ -140,6 +140,7 @@ def _lower_order(st, order: int, lower_order_final: bool) -> int:
 
 
 # --- DDPM, DDIM --------------------------------------------------------------------------------------------
+@register
 class DDPM(DiffusionSampler):
     """Ancestral sampling of Ho et al. (2020), Algorithm 2, for any step t0 → t1: the Gaussian posterior
     ``q(x_t1 | x_t0, x0 = D)`` with mean ``alpha1 s01²/sigma0² · D + a sigma1²/sigma0² · x`` where
@@ -170,6 +171,7 @@ class DDPM(DiffusionSampler):
         return mean + math.sqrt(max(var, 0.0)) * z
 
 
+@register
 class DDIM(DiffusionSampler):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any process:
     ``x1 = alpha1 D + sqrt(sigma1² - s²) eps + s z`` with ``s = eta sigma1 sqrt(1 - e^{-2h})`` (the paper's
@@ -201,6 +203,7 @@ class DDIM(DiffusionSampler):
 
 
 # --- DPM-Solver (noise prediction, singlestep) ---------------------------------------------------------
+@register
 class DPMSolver1(DiffusionSampler):
     """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): ``x1 = (alpha1/alpha0) x - sigma1 (e^h - 1) eps``. Order 1."""
 
@@ -215,6 +218,7 @@ class DPMSolver1(DiffusionSampler):
         return self.lin((a1 / a0, -s1 * math.expm1(l1 - l0)), (x, eps))
 
 
+@register
 class DPMSolver2(DiffusionSampler):
     """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, ``r1 = 1/2``): singlestep, order 2, 2 evaluations per step."""
 
@@ -239,6 +243,7 @@ class DPMSolver2(DiffusionSampler):
         return x * (a1 / a0) - e0 * (s1 * math.expm1(h)) - (e1 - e0) * (s1 / (2 * r) * math.expm1(h))
 
 
+@register
 class DPMSolver3(DiffusionSampler):
     """DPM-Solver-3 (Lu et al. 2022, Algorithm 2, ``r1 = 1/3``, ``r2 = 2/3``): singlestep, order 3,
     3 evaluations per step."""
@@ -265,6 +270,7 @@ class DPMSolver3(DiffusionSampler):
 
 
 # --- DPM-Solver++ (data prediction) -------------------------------------------------------------------
+@register
 class DPMSolverPP2S(DiffusionSampler):
     """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, ``r = 1/2``): singlestep, order 2, 2 evaluations."""
 
@@ -348,6 +354,7 @@ class DPMSolverPPMultistep(DiffusionSampler):
         return self.lin((s1 / s0, -a1 * phi1 + k0 / r0, -k0 / r0 + k1 / r1, -k1 / r1), (x, d0, dp1, dp2))
 
 
+@register
 class DPMSolverPP2M(DPMSolverPPMultistep):
     __doc__ = "DPM-Solver++(2M): multistep, order 2. " + DPMSolverPPMultistep.__doc__
     name = "dpmpp_2m"
@@ -355,6 +362,7 @@ class DPMSolverPP2M(DPMSolverPPMultistep):
     max_order = 2
 
 
+@register
 class DPMSolverPP3M(DPMSolverPPMultistep):
     __doc__ = "DPM-Solver++(3M): multistep, order 3. " + DPMSolverPPMultistep.__doc__
     name = "dpmpp_3m"
@@ -362,6 +370,7 @@ class DPMSolverPP3M(DPMSolverPPMultistep):
     max_order = 3
 
 
+@register
 class DPMSolverPP2MSDE(DiffusionSampler):
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5; the "midpoint" form used by the reference
     implementations): exact in the linear part of the reverse SDE in data prediction,
@@ -393,6 +402,7 @@ class DPMSolverPP2MSDE(DiffusionSampler):
 
 
 # --- UniPC ----------------------------------------------------------------------------------------------
+@register
 class UniPC(DiffusionSampler):
     """UniPC (Zhao et al. 2023): the unified predictor UniP-p plus the corrector UniC on data prediction,
     with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``). The corrector reuses the
@@ -471,6 +481,7 @@ class UniPC(DiffusionSampler):
 
 
 # --- EDM ------------------------------------------------------------------------------------------------
+@register
 class EDMHeun(DiffusionSampler):
     """Karras et al. (2022), Algorithm 2: Heun's method on ``dxbar/dsigmabar = (xbar - D)/sigmabar`` in the
     scaled variables ``xbar = x/alpha``, ``sigmabar = sigma/alpha = e^{-lambda}``, with optional churn
@@ -512,6 +523,7 @@ class EDMHeun(DiffusionSampler):
 
 
 # --- predictor–corrector ------------------------------------------------------------------------------
+@register
 class PredictorCorrector(DiffusionSampler):
     """Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3). Predictor: reverse diffusion
     (``x1 = a⁻¹... `` written for any process as ``x1 = x - (a - 1) x + G² score + G z`` with the forward
@@ -570,6 +582,7 @@ def _seeded(z: torch.Tensor, k: int) -> torch.Generator:
     return torch.Generator().manual_seed(bits ^ (k * 0x9E3779B97F4A7C15 & ((1 << 62) - 1)))
 
 
+@register
 class DPMSolverAdaptive(DiffusionSampler):
     """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, Algorithm 4): steps in lambda, the error between the
     order-``k - 1`` and order-``k`` updates (sharing their model evaluations) measured as
@@ -649,6 +662,3 @@ class DPMSolverAdaptive(DiffusionSampler):
         return x, {"nfe": st["nfe"], "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
                    "solver": self.name}
 
-
-DIFFUSION_SAMPLERS = (DDPM, DDIM, DPMSolver1, DPMSolver2, DPMSolver3, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M,
-                      DPMSolverPP2MSDE, UniPC, EDMHeun, PredictorCorrector, DPMSolverAdaptive)

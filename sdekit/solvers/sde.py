@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from .._utils import time_like
-from .base import Solver
+from .base import Solver, register
 
 
+@register
 class EulerMaruyama(Solver):
     """Euler–Maruyama: ``x1 = x0 + f(t0, x0) h + g(t0, x0) ΔW``.
 
@@ -34,6 +35,7 @@ class EulerMaruyama(Solver):
         return x1, None, None
 
 
+@register
 class Milstein(Solver):
     """Itô Milstein scheme: Euler–Maruyama plus ``½ (g ∂g/∂x)(ΔW² - |h|)``.
 
@@ -62,6 +64,7 @@ class Milstein(Solver):
         return x1, None, None
 
 
+@register
 class StochasticHeun(Solver):
     """Stochastic Heun (improved Euler) for additive noise, where Itô and Stratonovich coincide:
     predictor ``x̃ = x0 + f(t0, x0) h + g(t0) ΔW``, corrector
@@ -90,6 +93,7 @@ class StochasticHeun(Solver):
         return x0 + 0.5 * h * (f0 + f1) + 0.5 * (gw0 + gw1), None, None
 
 
+@register
 class SRA1(Solver):
     """SRA1 of Rößler (2010, SIAM J. Numer. Anal. 48(3), Table 5.1) for additive noise.
 
@@ -122,5 +126,3 @@ class SRA1(Solver):
         x1 = x0 + h * (f0 / 3 + 2 * f2 / 3) + problem.g_dw(g1, dw - j, x0) + problem.g_dw(g0, j, x0)
         return x1, None, None
 
-
-SDE_SOLVERS = (EulerMaruyama, Milstein, StochasticHeun, SRA1)

@@ -52,7 +52,7 @@ def _sampler(solver, caps):
 
 
 def _not_adaptive(solver, caps):
-    if getattr(solver, "adaptive_lambda", False):
+    if solver.adaptive_lambda:
         return "chooses its own steps: orders on fixed grids do not apply"
     return _sampler(solver, caps)
 
