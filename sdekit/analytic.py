@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.integrate
-import scipy.linalg
 import torch
 
 from ._utils import as_time, bcast, check_finite, check_positive
@@ -377,6 +375,8 @@ def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=Non
         return out.detach().reshape(-1).to(torch.float64).cpu().numpy()
 
     y0 = x0.detach().to(torch.float64).cpu().reshape(-1).numpy()
+    import scipy.integrate  # loaded on first use: `import sdekit` stays light
+
     res = scipy.integrate.solve_ivp(rhs, (float(t0), float(t1)), y0, method=method, rtol=rtol, atol=atol,
                                     t_eval=None if t_eval is None else np.asarray(t_eval, dtype=float))
     if not res.success:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.optimize
 import torch
 
 from .analytic import reference_solve
@@ -109,6 +108,8 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, n_pilot: int = 1
         return np.log(v)
 
     if steps > 1:
+        import scipy.optimize  # loaded on first use
+
         res = scipy.optimize.minimize(objective, theta0, method="Nelder-Mead",
                                       options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-6, "adaptive": True})
         theta = res.x if np.exp(res.fun) < base[best] else theta0

@@ -12,7 +12,8 @@ Both are called as ``net(x, t, y=None)`` -- the convention of :class:`~sdekit.mo
 
 Class conditioning (``num_classes=K``): labels ``0..K-1``; label ``K`` is the *null* class of
 classifier-free guidance (Ho & Salimans 2021), and ``y=None`` means the null class for the whole batch.
-:class:`ClassifierFreeGuidance` evaluates conditional and unconditional predictions in one batched call.
+:class:`sdekit.ClassifierFreeGuidance` (``ClassifierFreeGuidance(ScoreModel(net, ...), scale, null=K)``) evaluates
+conditional and unconditional predictions in one batched call.
 
 Every network keeps its constructor arguments in :attr:`config`, so ``build(type(net).__name__,
 **net.config)`` rebuilds it (this is what :mod:`sdekit.zoo` stores next to the weights).
@@ -28,7 +29,6 @@ from torch import nn
 
 __all__ = [
     "ARCHITECTURES",
-    "ClassifierFreeGuidance",
     "FourierEmbedding",
     "MLPScoreNet",
     "SinusoidalEmbedding",
@@ -415,35 +415,8 @@ class UNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Guidance and registry
+# Registry (classifier-free guidance is sdekit.ClassifierFreeGuidance, a model wrapper)
 # ----------------------------------------------------------------------------------------------------
-
-
-class ClassifierFreeGuidance(nn.Module):
-    """``(1 + w) · net(x, t, y) - w · net(x, t, null)`` in one batched call (Ho & Salimans 2021).
-
-    The combination is affine with weights summing to 1, so guiding the native prediction (eps, x0 or v)
-    is the same as guiding eps, and hence the score. ``y=None`` returns the unconditional prediction.
-    Wrap it in a :class:`~sdekit.models.ScoreModel` like the network itself; one call is one NFE.
-    """
-
-    def __init__(self, net: nn.Module, guidance_scale: float):
-        super().__init__()
-        num_classes = getattr(net, "num_classes", None)
-        if num_classes is None:
-            raise ValueError("classifier-free guidance needs a class-conditional network (num_classes set)")
-        self.net, self.guidance_scale, self.num_classes = net, float(guidance_scale), num_classes
-
-    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
-        if y is None:
-            return self.net(x, t)
-        t = _check_time(t, x)
-        y = _check_labels(y, x.shape[0], self.num_classes, x.device)
-        null = torch.full_like(y, self.num_classes)
-        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = both.chunk(2)
-        w = self.guidance_scale
-        return (1 + w) * cond - w * uncond
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sdekit import VP, ScoreModel, convert
-from sdekit.nets import ARCHITECTURES, ClassifierFreeGuidance, MLPScoreNet, UNet, _attention, build
+from sdekit.nets import ARCHITECTURES, MLPScoreNet, UNet, _attention, build
 from sdekit.training import (
     DIGITS_TEST_SIZE,
     TrainConfig,
@@ -121,25 +121,24 @@ def test_labels_null_class_and_errors():
 
 
 def test_classifier_free_guidance_is_one_batched_call():
+    """sdekit.ClassifierFreeGuidance on a class-conditional network: one batched call, diffusers' convention
+    (scale 1 = conditional, 0 = unconditional; the paper's (1 + w) cond - w uncond is scale = 1 + w)."""
+    from sdekit import VP, ClassifierFreeGuidance, ScoreModel
+
     net = _perturbed(_mlp(num_classes=3))
     calls = []
     net.register_forward_hook(lambda *args: calls.append(1))
+    model = ScoreModel(net, VP(), prediction="eps")
     x, t, y = _randn(4, 2), torch.full((4,), 0.4), torch.tensor([0, 1, 2, 1])
     w = 2.5
-    guided = ClassifierFreeGuidance(net, w)
-    out = guided(x, t, y)
-    assert len(calls) == 1
+    guided = ClassifierFreeGuidance(model, 1 + w, null=3)
     with torch.no_grad():
+        out = guided.predict(x, t, "eps", y=y)
+        assert len(calls) == 1
         expected = (1 + w) * net(x, t, y) - w * net(x, t)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(ClassifierFreeGuidance(net, 0.0)(x, t, y), net(x, t, y))
-    torch.testing.assert_close(guided(x, t), net(x, t))
-    with pytest.raises(ValueError, match="class-conditional"):
-        ClassifierFreeGuidance(_mlp(), 1.0)
-
-
-# --- data -------------------------------------------------------------------------------------------
-
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, null=3).predict(x, t, "eps", y=y), net(x, t, y))
+        torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0, null=3).predict(x, t, "eps", y=y), net(x, t))
 
 def test_toy_data_is_reproducible_and_in_range():
     for name in ("moons", "swiss_roll", "checkerboard"):

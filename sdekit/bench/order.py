@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import scipy.stats
 import torch
 
 from ..brownian import BrownianPath
@@ -70,6 +69,8 @@ def fit_order(dts: Sequence[float], errors: Sequence[float]) -> tuple[float, tup
         return float(slope), (float(slope), float(slope))
     resid = y - (slope * x + intercept)
     se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+    import scipy.stats  # loaded on first use: `import sdekit` stays light
+
     q = float(scipy.stats.t.ppf(0.975, len(x) - 2))
     return float(slope), (float(slope - q * se), float(slope + q * se))
 
