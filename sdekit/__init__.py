@@ -1,8 +1,8 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
 from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
+from .bench.grid_opt import GridResult, optimize_grid
 from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
-from .grid_opt import GridResult, optimize_grid
 from .likelihood import bits_per_dim, log_likelihood
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP

@@ -193,8 +193,8 @@ def test_a_wrong_solver_fails(monkeypatch, capsys, tmp_path, cls, name, args):
 # --- the exact answers the command relies on ---------------------------------------------------------------------
 def test_streamed_ou_reference_equals_the_library_pathwise_solution():
     """The strong-order reference sums OrnsteinUhlenbeck.pathwise's trapezoid rule one sub-step at a time."""
-    from sdekit.bench.order_cli import OU, _ou_pathwise
     from sdekit.brownian import BrownianPath
+    from sdekit.cli.order import OU, _ou_pathwise
 
     x0 = torch.linspace(-1, 2, 7, dtype=F64)[:, None]
     bm = BrownianPath(0.0, 1.0, tuple(x0.shape), seed=3, dtype=F64)
@@ -212,7 +212,7 @@ def test_streamed_ou_reference_equals_the_library_pathwise_solution():
 ])
 def test_gbm_weak_moments_are_exact(name, one_step):
     """E X_n² by Gauss–Hermite quadrature of the one-step multiplier equals the closed forms of these schemes."""
-    from sdekit.bench.order_cli import GBM, _gbm_second_moment
+    from sdekit.cli.order import GBM, _gbm_second_moment
 
     for n in (1, 8, 64):
         want = one_step(GBM.mu, GBM.sigma_, 1 / n) ** n

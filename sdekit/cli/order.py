@@ -48,13 +48,13 @@ import numpy as np
 import torch
 
 from ..analytic import GaussianMixture, GeometricBrownianMotion, OrnsteinUhlenbeck, reference_solve
+from ..bench.order import OrderRecord, convergence_order, fit_order
 from ..processes import VP
 from ..reverse import probability_flow
 from ..sampling import sample
 from ..sde import ODE, SDE
 from ..solve import solve
 from ..solvers import REGISTRY, DiffusionSampler
-from .order import OrderRecord, convergence_order, fit_order
 
 TOLERANCE = {"ode": 0.15, "strong": 0.2, "weak": 0.25}
 F64 = torch.float64
@@ -522,3 +522,7 @@ def _plot(records: list[OrderRecord], kind: str, png: str) -> None:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     print(f"plot: {png}")
+
+
+def cmd_order(args) -> int:
+    return run_order(args)

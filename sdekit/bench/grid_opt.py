@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .analytic import reference_solve
-from .reverse import probability_flow
-from .sampling import sample
-from .schedules import SPACINGS, time_grid
-from .solvers import get as get_solver
+from ..analytic import reference_solve
+from ..reverse import probability_flow
+from ..sampling import sample
+from ..schedules import SPACINGS, time_grid
+from ..solvers import get as get_solver
 
 
 @dataclass
