@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import sdekit
-from sdekit import zoo
+from sdekit import training, zoo
 from sdekit.bench.compare import reference_endpoint
 from sdekit.bench.metrics import rmse
 from sdekit.nets import build
@@ -55,10 +55,10 @@ def retrained(scale: float, cache: Path) -> tuple[sdekit.ScoreModel, dict]:
         torch.manual_seed(config.seed)
         net = build(recipe.architecture, **recipe.kwargs, time_scale=scale)
     process = zoo.process_from_spec(recipe.process)
-    data, _ = zoo._recipe_data(recipe)
+    data, _ = training.recipe_data(recipe)
     result = train(net, process, data, config, progress=True)
-    eval_data, _ = zoo._recipe_data(recipe, eval_split=True)
-    record = {"final_loss": result.final_loss, "eval_loss": zoo._eval_loss(result.ema, process, eval_data, config),
+    eval_data, _ = training.recipe_data(recipe, eval_split=True)
+    record = {"final_loss": result.final_loss, "eval_loss": training._eval_loss(result.ema, process, eval_data, config),
               "cpu_time_s": result.cpu_time_s, "wall_time_s": result.wall_time_s, "time_scale": scale}
     zoo.save(cache / name, result.ema, process, prediction=config.prediction, time_input=config.time_input,
              sample_shape=recipe.sample_shape, name=name, data=recipe.data, training=record)
@@ -106,10 +106,10 @@ def main(argv=None) -> int:
     models = {"time_scale 1000 (shipped)": (shipped, zoo.info("moons-vp-eps")["training"])}
     models[f"time_scale {args.scale:g} (retrained)"] = retrained(args.scale, Path(args.cache))
     rows = {}
-    for name, (model, training) in models.items():
+    for name, (model, train_record) in models.items():
         print(f"{name}: ...", file=sys.stderr)
         x = states(model, 4, 0.25, seed=0)
-        rows[name] = {"eval_loss": training["eval_loss"], "final_loss": training["final_loss"],
+        rows[name] = {"eval_loss": train_record["eval_loss"], "final_loss": train_record["final_loss"],
                       **derivatives(model, x, 0.2, 0.3, 5e-5), **study(model, args.samples, args.ref_rtol, args.seed)}
     print(f"moons recipe, two time embeddings; {args.samples} samples, log-SNR spacing, float64, "
           f"reference DOP853 rtol {args.ref_rtol:g}")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ._utils import as_time, bcast, check_positive
-from .schedules import BetaSchedule, DiscreteSchedule, _check_range, get_schedule
+from .schedules import BetaSchedule, CosineSchedule, DiscreteSchedule, LinearSchedule, _check_range, get_schedule
 from .sde import SDE
 
 
@@ -328,3 +328,58 @@ class EDM(DiffusionProcess):
 
     def __repr__(self):
         return f"EDM(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+# --- (de)serialisation: a JSON-able description of a process --------------------------------------------
+def process_spec(process: DiffusionProcess) -> dict:
+    """A JSON-able description of ``process`` that :func:`process_from_spec` turns back into an equal one.
+
+    VP/SubVP: ``{"type": "VP", "schedule": "linear", "beta_min", "beta_max", "t_min"}``, ``"cosine"`` with
+    ``s``, ``t_max``, ``t_min``, or ``"discrete"`` with the ``alphas_cumprod`` list; VE: ``sigma_min``,
+    ``sigma_max``, ``t_min``; EDM: ``sigma_min``, ``sigma_max``, ``sigma_data``.
+    """
+    if isinstance(process, VP):  # SubVP too
+        kind = "SubVP" if isinstance(process, SubVP) else "VP"
+        s = process.schedule
+        if isinstance(s, LinearSchedule):
+            return {"type": kind, "schedule": "linear", "beta_min": s.beta_min, "beta_max": s.beta_max,
+                    "t_min": s.t_min}
+        if isinstance(s, CosineSchedule):
+            return {"type": kind, "schedule": "cosine", "s": s.s, "t_max": s.t_max, "t_min": s.t_min}
+        if isinstance(s, DiscreteSchedule):
+            return {"type": kind, "schedule": "discrete", "alphas_cumprod": s.alphas_cumprod.tolist()}
+        raise ValueError(f"cannot describe the schedule {s!r} as JSON")
+    if isinstance(process, VE):
+        return {"type": "VE", "sigma_min": process.sigma_min, "sigma_max": process.sigma_max, "t_min": process.t_min}
+    if isinstance(process, EDM):
+        return {"type": "EDM", "sigma_min": process.sigma_min, "sigma_max": process.sigma_max,
+                "sigma_data": process.sigma_data}
+    raise ValueError(f"cannot describe the process {process!r} as JSON")
+
+
+def process_from_spec(spec: dict) -> DiffusionProcess:
+    """Inverse of :func:`process_spec`. A discrete VP also accepts ``"betas"`` (a list) or
+    ``"ddpm_linear": {"num_steps", "beta_start", "beta_end"}`` instead of ``alphas_cumprod``."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"a process spec is a dict with a 'type', got {spec!r}")
+    kind = spec["type"]
+    rest = {k: v for k, v in spec.items() if k not in ("type", "schedule")}
+    if kind in ("VP", "SubVP"):
+        cls = SubVP if kind == "SubVP" else VP
+        schedule = spec.get("schedule", "linear")
+        if schedule == "discrete":
+            if "alphas_cumprod" in rest:
+                return cls(DiscreteSchedule(rest["alphas_cumprod"]))
+            if "betas" in rest:
+                return cls(DiscreteSchedule.from_betas(rest["betas"]))
+            if "ddpm_linear" in rest:
+                return cls(DiscreteSchedule.linear_ddpm(**rest["ddpm_linear"]))
+            raise ValueError("a discrete VP spec needs 'alphas_cumprod', 'betas' or 'ddpm_linear'")
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"unknown VP schedule {schedule!r} in process spec; allowed: linear, cosine, discrete")
+        return cls(schedule, **rest)
+    if kind == "VE":
+        return VE(**rest)
+    if kind == "EDM":
+        return EDM(**rest)
+    raise ValueError(f"unknown process type {kind!r} in process spec; allowed: VP, SubVP, VE, EDM")

@@ -25,8 +25,9 @@ label drop; the global RNG is never touched. A checkpoint (``.pt``: weights, EMA
 step, losses) resumes a run exactly where it stopped: an interrupted run continued from its checkpoint ends
 with the same weights as an uninterrupted one.
 
-**Data.** :func:`toy_data` (two moons, swiss roll, checkerboard) and :func:`digits` (scikit-learn's 8×8
-digits, 1,797 images, values 0..16 mapped to ``v/8 - 1`` in [-1, 1]; the last 297 are the test split).
+**Recipes.** :data:`RECIPES` holds how each shipped checkpoint is made (data, architecture, process, training
+settings) and :func:`train_recipe` trains one and saves it to the zoo. The data sets live in :mod:`sdekit.data`
+(:func:`toy_data`, :func:`digits` are re-exported here).
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ from __future__ import annotations
 import copy
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._utils import check_choice
+from .data import DIGITS_TEST_SIZE, TOY_DATASETS, digits, toy_data  # noqa: F401  (re-exported)
 from .models import ScoreModel
-from .processes import DiffusionProcess
+from .nets import build
+from .processes import DiffusionProcess, process_from_spec
 
 __all__ = [
     "DIGITS_TEST_SIZE",
+    "RECIPES",
+    "Recipe",
     "TOY_DATASETS",
     "TrainConfig",
     "TrainResult",
@@ -54,65 +61,8 @@ __all__ = [
     "sample_times",
     "toy_data",
     "train",
+    "train_recipe",
 ]
-
-TOY_DATASETS = ("moons", "swiss_roll", "checkerboard")
-DIGITS_TEST_SIZE = 297
-
-
-# ----------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------
-
-
-def toy_data(name: str, n: int, *, seed: int = 0, noise: float | None = None) -> torch.Tensor:
-    """``n`` points of a 2-D toy distribution as a float32 ``(n, 2)`` tensor, reproducible from ``seed``.
-
-    - ``"moons"``: scikit-learn's two moons (``noise`` default 0.05), as generated (x in [-1, 2], y in
-      [-0.5, 1]).
-    - ``"swiss_roll"``: scikit-learn's swiss roll (``noise`` default 0.5), coordinates (x, z) divided by 5.
-    - ``"checkerboard"``: uniform on the 8 dark squares of a 4×4 board on [-2, 2]² (``noise`` unused).
-    """
-    check_choice(name, "toy data set", TOY_DATASETS)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if name == "moons":
-        from sklearn.datasets import make_moons
-
-        x, _ = make_moons(n, noise=0.05 if noise is None else noise, random_state=seed)
-        return torch.as_tensor(x, dtype=torch.float32)
-    if name == "swiss_roll":
-        from sklearn.datasets import make_swiss_roll
-
-        x, _ = make_swiss_roll(n, noise=0.5 if noise is None else noise, random_state=seed)
-        return torch.as_tensor(x[:, [0, 2]] / 5.0, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    # Pick a column 0..3 and a row of the same parity class, then a uniform point inside that square.
-    col = torch.randint(0, 4, (n,), generator=gen)
-    row = 2 * torch.randint(0, 2, (n,), generator=gen) + (col % 2)
-    u = torch.rand(n, 2, generator=gen)
-    return torch.stack([col + u[:, 0], row + u[:, 1]], dim=1).float() - 2.0
-
-
-def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8×8 handwritten digits: ``(images (N, 1, 8, 8) float32 in [-1, 1], labels (N,) long)``.
-
-    Pixel values ``v ∈ {0, …, 16}`` map to ``v/8 - 1``. ``split``: ``"train"`` (the first 1,500 images),
-    ``"test"`` (the last 297, held out for likelihoods) or ``"all"``.
-    """
-    check_choice(split, "split", ("train", "test", "all"))
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    cut = images.shape[0] - DIGITS_TEST_SIZE
-    if split == "train":
-        return images[:cut], labels[:cut]
-    if split == "test":
-        return images[cut:], labels[cut:]
-    return images, labels
-
 
 # ----------------------------------------------------------------------------------------------------
 # Loss
@@ -367,3 +317,119 @@ def train(net: nn.Module, process: DiffusionProcess, data: torch.Tensor, config:
     net.eval()
     return TrainResult(ema=ema, net=net, losses=losses, final_loss=sum(tail) / len(tail), wall_time_s=wall,
                        cpu_time_s=cpu, config=config)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recipes: how the shipped checkpoints are made
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """Everything that makes one shipped checkpoint: data, architecture, process, training settings."""
+
+    data: dict
+    architecture: str
+    kwargs: dict
+    process: dict
+    train: dict
+    eval_size: int = 4096
+    notes: str = ""
+    sample_shape: tuple[int, ...] = ()
+
+
+RECIPES: dict[str, Recipe] = {
+    "moons-vp-eps": Recipe(
+        data={"name": "moons", "n": 20000, "seed": 0, "noise": 0.05},
+        architecture="MLPScoreNet",
+        kwargs={"dim": 2, "hidden": 128, "num_blocks": 3, "time_embedding": "sinusoidal", "embed_dim": 64},
+        process={"type": "VP", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3},
+        train={"steps": 12000, "batch_size": 1024, "lr": 2e-3, "warmup_steps": 100, "lr_schedule": "cosine",
+               "ema_decay": 0.999, "prediction": "eps", "time_input": "t", "t_min": 1e-5, "seed": 0},
+        sample_shape=(2,),
+        notes="two moons (scikit-learn make_moons, noise 0.05, unscaled); eval: 4096 fresh points (seed 1)",
+    ),
+    "digits-vp-eps": Recipe(
+        data={"name": "digits", "split": "train", "scaling": "v/8 - 1", "labels": True},
+        architecture="UNet",
+        kwargs={"in_channels": 1, "base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1,
+                "attention_levels": [1], "num_heads": 2, "groups": 8, "image_size": 8, "num_classes": 10},
+        process={"type": "VP", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3},
+        train={"steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 200, "lr_schedule": "cosine",
+               "ema_decay": 0.999, "prediction": "eps", "time_input": "t", "t_min": 1e-5, "p_uncond": 0.2,
+               "seed": 0},
+        sample_shape=(1, 8, 8),
+        notes="scikit-learn 8x8 digits, first 1500 images, class-conditional with a null class; eval: the "
+              "297 test images, unconditional",
+    ),
+}
+
+
+def recipe_data(recipe: Recipe, *, eval_split: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training data of ``recipe`` (or its held-out split): ``(data, labels or None)`` in model space."""
+    spec = recipe.data
+    if spec["name"] == "digits":
+        images, labels = digits("test" if eval_split else spec["split"])
+        return images, (labels if spec.get("labels") else None)
+    seed = spec["seed"] + 1 if eval_split else spec["seed"]
+    n = recipe.eval_size if eval_split else spec["n"]
+    return toy_data(spec["name"], n, seed=seed, noise=spec.get("noise")), None
+
+
+@torch.no_grad()
+def _eval_loss(net, process, data, config, seed: int = 2) -> float:
+    """EMA loss on held-out data with fixed times and noise (unconditional), in the training weighting."""
+    gen = torch.Generator().manual_seed(seed)
+    t = sample_times(process, data.shape[0], generator=gen, time_input=config.time_input, t_min=config.t_min,
+                     t_max=config.t_max)
+    noise = torch.randn(data.shape, generator=gen, dtype=data.dtype)
+    loss = diffusion_loss(net, process, data, t, noise, prediction=config.prediction, time_input=config.time_input,
+                          weighting=config.weighting, snr_clip=config.snr_clip)
+    return float(loss.mean())
+
+
+def train_recipe(name: str, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
+                 checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
+                 progress: bool = True) -> dict:
+    """Train the shipped model ``name`` from its recipe and save it to ``out_dir/NAME.{safetensors,json}``.
+
+    ``out_dir`` defaults to the package's zoo folder; ``steps`` overrides the recipe (for smoke tests).
+    Returns the sidecar's ``training`` record.
+    """
+    from .zoo import ZOO_DIR, save
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown zoo recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
+    settings = dict(recipe.train)
+    if steps is not None:
+        settings["steps"] = steps
+    config = TrainConfig(**settings)
+    with torch.random.fork_rng(devices=[]):  # parameter init reads the global RNG: fix it, then restore it
+        torch.manual_seed(config.seed)
+        net = build(recipe.architecture, **recipe.kwargs)
+    process = process_from_spec(recipe.process)
+    data, labels = recipe_data(recipe)
+    started = time.time()
+    result = train(net, process, data, config, labels=labels, checkpoint_path=checkpoint_path, resume=resume,
+                   progress=progress)
+    eval_data, _ = recipe_data(recipe, eval_split=True)
+    record = {
+        **asdict(config),
+        "final_loss": round(result.final_loss, 6),
+        "eval_loss": round(_eval_loss(result.ema, process, eval_data, config), 6),
+        "wall_time_s": round(result.wall_time_s, 1),
+        "cpu_time_s": round(result.cpu_time_s, 1),
+        "finished": time.strftime("%Y-%m-%d", time.gmtime(started)),
+        "device": "cpu" if next(net.parameters()).device.type == "cpu" else torch.cuda.get_device_name(),
+        "num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "notes": recipe.notes,
+    }
+    if not math.isfinite(record["final_loss"]):
+        raise FloatingPointError(f"training {name} ended with a non-finite loss")
+    out = Path(out_dir) if out_dir is not None else ZOO_DIR
+    save(out / name, result.ema, process, prediction=config.prediction, time_input=config.time_input,
+         sample_shape=recipe.sample_shape, name=name, data=recipe.data, training=record)
+    return record

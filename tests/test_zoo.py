@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sdekit
-from sdekit import zoo
+from sdekit import training, zoo
 from sdekit.nets import MLPScoreNet, UNet
 from sdekit.training import digits, toy_data
 
@@ -187,8 +187,8 @@ def test_recorded_eval_loss_is_reproduced(name):
     from sdekit.training import TrainConfig
 
     config = TrainConfig(**{k: v for k, v in meta["training"].items() if k in TrainConfig.__dataclass_fields__})
-    data, _ = zoo._recipe_data(zoo.RECIPES[name], eval_split=True)
-    loss = zoo._eval_loss(model.net, model.process, data, config)
+    data, _ = training.recipe_data(zoo.RECIPES[name], eval_split=True)
+    loss = training._eval_loss(model.net, model.process, data, config)
     assert loss == pytest.approx(meta["training"]["eval_loss"], rel=1e-3)
 
 

@@ -15,29 +15,27 @@ hash) and against the architecture it builds, and raises :class:`CheckpointError
 difference, also for a weights file that is not valid safetensors (truncated, empty, a corrupt header) and for
 a sidecar without a well-formed ``sha256``.
 
-**Reproduction.** :data:`RECIPES` says how each shipped model was trained; ``python scripts/train_zoo.py
-NAME`` (or :func:`train_recipe`) retrains it and writes both files.
+**Reproduction.** :data:`sdekit.training.RECIPES` says how each shipped model was trained; ``python
+scripts/train_zoo.py NAME`` (or :func:`sdekit.training.train_recipe`) retrains it and writes both files. This
+module keeps the zoo itself (names, checkpoint I/O); recipes live beside training, data sets, held-out data and
+quantisation in :mod:`sdekit.data`, process specs in :mod:`sdekit.processes` (all re-exported here by name).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import platform
 import re
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..data import QUANTIZATION, heldout, quantization, to_levels  # noqa: F401  (re-exported)
 from ..models import ScoreModel
 from ..nets import build
-from ..processes import EDM, VE, VP, DiffusionProcess, SubVP
-from ..schedules import CosineSchedule, DiscreteSchedule, LinearSchedule
+from ..processes import DiffusionProcess, process_from_spec, process_spec  # noqa: F401  (re-exported)
 
 __all__ = [
     "FORMAT",
@@ -71,65 +69,6 @@ class CheckpointError(ValueError):
 
     A :class:`ValueError`, so the ``sdekit`` command reports it as one line.
     """
-
-
-# ----------------------------------------------------------------------------------------------------
-# Process specs
-# ----------------------------------------------------------------------------------------------------
-
-
-def process_spec(process: DiffusionProcess) -> dict:
-    """A JSON-able description of ``process`` that :func:`process_from_spec` turns back into an equal one.
-
-    VP/SubVP: ``{"type": "VP", "schedule": "linear", "beta_min", "beta_max", "t_min"}``, ``"cosine"`` with
-    ``s``, ``t_max``, ``t_min``, or ``"discrete"`` with the ``alphas_cumprod`` list; VE: ``sigma_min``,
-    ``sigma_max``, ``t_min``; EDM: ``sigma_min``, ``sigma_max``, ``sigma_data``.
-    """
-    if isinstance(process, VP):  # SubVP too
-        kind = "SubVP" if isinstance(process, SubVP) else "VP"
-        s = process.schedule
-        if isinstance(s, LinearSchedule):
-            return {"type": kind, "schedule": "linear", "beta_min": s.beta_min, "beta_max": s.beta_max,
-                    "t_min": s.t_min}
-        if isinstance(s, CosineSchedule):
-            return {"type": kind, "schedule": "cosine", "s": s.s, "t_max": s.t_max, "t_min": s.t_min}
-        if isinstance(s, DiscreteSchedule):
-            return {"type": kind, "schedule": "discrete", "alphas_cumprod": s.alphas_cumprod.tolist()}
-        raise ValueError(f"cannot describe the schedule {s!r} as JSON")
-    if isinstance(process, VE):
-        return {"type": "VE", "sigma_min": process.sigma_min, "sigma_max": process.sigma_max, "t_min": process.t_min}
-    if isinstance(process, EDM):
-        return {"type": "EDM", "sigma_min": process.sigma_min, "sigma_max": process.sigma_max,
-                "sigma_data": process.sigma_data}
-    raise ValueError(f"cannot describe the process {process!r} as JSON")
-
-
-def process_from_spec(spec: dict) -> DiffusionProcess:
-    """Inverse of :func:`process_spec`. A discrete VP also accepts ``"betas"`` (a list) or
-    ``"ddpm_linear": {"num_steps", "beta_start", "beta_end"}`` instead of ``alphas_cumprod``."""
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"a process spec is a dict with a 'type', got {spec!r}")
-    kind = spec["type"]
-    rest = {k: v for k, v in spec.items() if k not in ("type", "schedule")}
-    if kind in ("VP", "SubVP"):
-        cls = SubVP if kind == "SubVP" else VP
-        schedule = spec.get("schedule", "linear")
-        if schedule == "discrete":
-            if "alphas_cumprod" in rest:
-                return cls(DiscreteSchedule(rest["alphas_cumprod"]))
-            if "betas" in rest:
-                return cls(DiscreteSchedule.from_betas(rest["betas"]))
-            if "ddpm_linear" in rest:
-                return cls(DiscreteSchedule.linear_ddpm(**rest["ddpm_linear"]))
-            raise ValueError("a discrete VP spec needs 'alphas_cumprod', 'betas' or 'ddpm_linear'")
-        if schedule not in ("linear", "cosine"):
-            raise ValueError(f"unknown VP schedule {schedule!r} in process spec; allowed: linear, cosine, discrete")
-        return cls(schedule, **rest)
-    if kind == "VE":
-        return VE(**rest)
-    if kind == "EDM":
-        return EDM(**rest)
-    raise ValueError(f"unknown process type {kind!r} in process spec; allowed: VP, SubVP, VE, EDM")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -352,163 +291,10 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
                       sample_shape=tuple(shape) if shape is not None else None)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Recipes: how the shipped checkpoints are made
-# ----------------------------------------------------------------------------------------------------
+def __getattr__(name):
+    # training recipes live beside training (sdekit.training); importing it here eagerly would be circular
+    if name in ("RECIPES", "Recipe", "train_recipe", "recipe_data"):
+        from .. import training
 
-
-@dataclass
-class Recipe:
-    """Everything that makes one shipped checkpoint: data, architecture, process, training settings."""
-
-    data: dict
-    architecture: str
-    kwargs: dict
-    process: dict
-    train: dict
-    eval_size: int = 4096
-    notes: str = ""
-    sample_shape: tuple[int, ...] = ()
-
-
-RECIPES: dict[str, Recipe] = {
-    "moons-vp-eps": Recipe(
-        data={"name": "moons", "n": 20000, "seed": 0, "noise": 0.05},
-        architecture="MLPScoreNet",
-        kwargs={"dim": 2, "hidden": 128, "num_blocks": 3, "time_embedding": "sinusoidal", "embed_dim": 64},
-        process={"type": "VP", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3},
-        train={"steps": 12000, "batch_size": 1024, "lr": 2e-3, "warmup_steps": 100, "lr_schedule": "cosine",
-               "ema_decay": 0.999, "prediction": "eps", "time_input": "t", "t_min": 1e-5, "seed": 0},
-        sample_shape=(2,),
-        notes="two moons (scikit-learn make_moons, noise 0.05, unscaled); eval: 4096 fresh points (seed 1)",
-    ),
-    "digits-vp-eps": Recipe(
-        data={"name": "digits", "split": "train", "scaling": "v/8 - 1", "labels": True},
-        architecture="UNet",
-        kwargs={"in_channels": 1, "base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1,
-                "attention_levels": [1], "num_heads": 2, "groups": 8, "image_size": 8, "num_classes": 10},
-        process={"type": "VP", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3},
-        train={"steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 200, "lr_schedule": "cosine",
-               "ema_decay": 0.999, "prediction": "eps", "time_input": "t", "t_min": 1e-5, "p_uncond": 0.2,
-               "seed": 0},
-        sample_shape=(1, 8, 8),
-        notes="scikit-learn 8x8 digits, first 1500 images, class-conditional with a null class; eval: the "
-              "297 test images, unconditional",
-    ),
-}
-
-
-def _recipe_data(recipe: Recipe, *, eval_split: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from .. import training
-
-    spec = recipe.data
-    if spec["name"] == "digits":
-        images, labels = training.digits("test" if eval_split else spec["split"])
-        return images, (labels if spec.get("labels") else None)
-    seed = spec["seed"] + 1 if eval_split else spec["seed"]
-    n = recipe.eval_size if eval_split else spec["n"]
-    return training.toy_data(spec["name"], n, seed=seed, noise=spec.get("noise")), None
-
-
-#: How the quantized data sets that shipped models train on map to model space, for bits/dim
-#: (:func:`sdekit.bits_per_dim`'s ``levels``, ``scale``, ``offset``): scikit-learn's digits hold levels
-#: ``k ∈ {0, …, 16}`` trained on as the bin centres ``k/8 - 1``, so bin ``k`` is ``[k/8 - 1 - 1/16, k/8 - 1 + 1/16)``.
-QUANTIZATION = {"digits": {"levels": 17, "scale": 1 / 8, "offset": -1 - 1 / 16}}
-
-
-def heldout(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Held-out data of a shipped model, in model space: ``(data, labels or None)``.
-
-    ``digits-vp-eps``: the 297 test digits (never trained on) with their labels; ``moons-vp-eps``: 4,096
-    fresh points of the training distribution (seed 1; the training set is seed 0).
-    """
-    if name not in RECIPES:
-        raise ValueError(f"no held-out data for {name!r}: known zoo recipes {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[name]
-    data, _ = _recipe_data(recipe, eval_split=True)
-    labels = None
-    if recipe.data["name"] == "digits":
-        from ..training import digits
-
-        data, labels = digits("test")
-    return data, labels
-
-
-def quantization(name: str) -> dict | None:
-    """``{"levels", "scale", "offset"}`` of a shipped model's quantized data (see :data:`QUANTIZATION`), or
-    ``None`` for continuous data such as two moons."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown zoo recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
-    q = QUANTIZATION.get(RECIPES[name].data["name"])
-    return None if q is None else dict(q)
-
-
-def to_levels(x: torch.Tensor, quant: dict) -> torch.Tensor:
-    """Model-space bin centres back to integer levels ``k`` (inverse of ``x = scale·(k + ½) + offset``)."""
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN/Inf")
-    k = torch.round((x.double() - quant["offset"]) / quant["scale"] - 0.5)
-    if bool((k < 0).any()) or bool((k > quant["levels"] - 1).any()):
-        raise ValueError(f"data outside the {quant['levels']} quantization levels")
-    return k.to(torch.long)
-
-
-@torch.no_grad()
-def _eval_loss(net, process, data, config, seed: int = 2) -> float:
-    """EMA loss on held-out data with fixed times and noise (unconditional), in the training weighting."""
-    from ..training import diffusion_loss, sample_times
-
-    gen = torch.Generator().manual_seed(seed)
-    t = sample_times(process, data.shape[0], generator=gen, time_input=config.time_input, t_min=config.t_min,
-                     t_max=config.t_max)
-    noise = torch.randn(data.shape, generator=gen, dtype=data.dtype)
-    loss = diffusion_loss(net, process, data, t, noise, prediction=config.prediction, time_input=config.time_input,
-                          weighting=config.weighting, snr_clip=config.snr_clip)
-    return float(loss.mean())
-
-
-def train_recipe(name: str, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
-                 checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
-                 progress: bool = True) -> dict:
-    """Train the shipped model ``name`` from its recipe and save it to ``out_dir/NAME.{safetensors,json}``.
-
-    ``out_dir`` defaults to the package's zoo folder; ``steps`` overrides the recipe (for smoke tests).
-    Returns the sidecar's ``training`` record.
-    """
-    from ..training import TrainConfig, train
-
-    if name not in RECIPES:
-        raise ValueError(f"unknown zoo recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[name]
-    settings = dict(recipe.train)
-    if steps is not None:
-        settings["steps"] = steps
-    config = TrainConfig(**settings)
-    with torch.random.fork_rng(devices=[]):  # parameter init reads the global RNG: fix it, then restore it
-        torch.manual_seed(config.seed)
-        net = build(recipe.architecture, **recipe.kwargs)
-    process = process_from_spec(recipe.process)
-    data, labels = _recipe_data(recipe)
-    started = time.time()
-    result = train(net, process, data, config, labels=labels, checkpoint_path=checkpoint_path, resume=resume,
-                   progress=progress)
-    eval_data, _ = _recipe_data(recipe, eval_split=True)
-    record = {
-        **asdict(config),
-        "final_loss": round(result.final_loss, 6),
-        "eval_loss": round(_eval_loss(result.ema, process, eval_data, config), 6),
-        "wall_time_s": round(result.wall_time_s, 1),
-        "cpu_time_s": round(result.cpu_time_s, 1),
-        "finished": time.strftime("%Y-%m-%d", time.gmtime(started)),
-        "device": "cpu" if next(net.parameters()).device.type == "cpu" else torch.cuda.get_device_name(),
-        "num_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "notes": recipe.notes,
-    }
-    if not math.isfinite(record["final_loss"]):
-        raise FloatingPointError(f"training {name} ended with a non-finite loss")
-    out = Path(out_dir) if out_dir is not None else ZOO_DIR
-    save(out / name, result.ema, process, prediction=config.prediction, time_input=config.time_input,
-         sample_shape=recipe.sample_shape, name=name, data=recipe.data, training=record)
-    return record
+        return getattr(training, name)
+    raise AttributeError(f"module 'sdekit.zoo' has no attribute {name!r}")
