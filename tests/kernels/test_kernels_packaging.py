@@ -4,6 +4,7 @@ Each check runs in a fresh interpreter: hiding Triton and importing the package 
 the test session.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -57,11 +58,21 @@ def test_import_and_torch_backends_without_triton():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path of the scripts")
-@pytest.mark.parametrize("script", ["bench_combine.py", "bench_attention.py"])
+@pytest.mark.parametrize("script", ["bench_combine.py", "bench_attention.py", "bench_sampling_device.py"])
 def test_benchmark_scripts_exit_cleanly_without_gpu(script):
     result = _python([str(ROOT / "benchmarks" / script)])
     assert result.returncode == 0, result.stderr
     assert "no CUDA device" in result.stdout
+
+
+def test_sampling_benchmark_runs_on_cpu(tmp_path):
+    """The end-to-end device benchmark's own code path, on a CPU with tiny sizes (no numbers claimed)."""
+    out = tmp_path / "sampling.json"
+    result = _python([str(ROOT / "benchmarks" / "bench_sampling_device.py"), "--device", "cpu", "--quick",
+                      "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["solver"] for r in rows} == {"ddim", "dpmpp_2m"} and all(r["images_per_s"] > 0 for r in rows)
 
 
 def test_docs_code_runs():
