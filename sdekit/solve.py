@@ -215,7 +215,16 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
             else fresh noise from ``generator``.
 
     Drift and diffusion receive ``t`` as a 0-d tensor in ``x0``'s dtype and on its device (as in torchdiffeq
-    and torchsde); step sizes are computed from the float64 grid.
+    and torchsde); step sizes are computed from the float64 grid. On the first step every drift and diffusion
+    value is checked against the state's shape.
+
+    Raises:
+        TypeError: a problem, state or solver of the wrong type.
+        ValueError: bad arguments (grid, ``dt`` giving more than :data:`MAX_STEPS` steps, ``save_at``, a
+            Brownian path that does not fit), a drift or diffusion of the wrong shape, or a model that returned
+            NaN/Inf (the message names the step and time).
+        FloatingPointError: the state became NaN/Inf (the message names the step).
+        RuntimeError: an adaptive solve exceeded ``max_steps`` or its step size underflowed.
         progress: show a tqdm progress bar.
     """
     if not hasattr(problem, "drift"):
