@@ -483,7 +483,7 @@ class LeakyDDIM(DDIM):
 
     def _step(self, problem, t0, t1, x, z, st):
         out = super()._step(problem, t0, t1, x, z, st)
-        if self._memory is not None and st["k"] == 0:
+        if self._memory is not None and st.k == 0:
             out = out + 1e-3 * self._memory.mean()
         self._memory = out.detach()
         return out

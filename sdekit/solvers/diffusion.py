@@ -13,6 +13,7 @@ Multistep history lives in the solve's state (never on the sampler object), so e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,11 +24,31 @@ def _t(t: float) -> torch.Tensor:
     return torch.tensor(t, dtype=torch.float64)
 
 
+@dataclass
+class SamplerState:
+    """What a diffusion sampler carries from step to step during one solve (nothing is stored on the sampler).
+
+    Attributes:
+        n: number of steps of the grid (None when the grid is not known in advance).
+        k: index of the current step.
+        nfe: model evaluations so far.
+        hist: multistep history ``[(lambda_i, D_i), ...]``, newest last.
+        coef: ``t -> (alpha, sigma, lambda)`` as Python floats, computed once per grid time.
+        d_next: a model output at the next point already computed by this step (UniPC's corrector), or None.
+    """
+
+    n: int | None = None
+    k: int = 0
+    nfe: int = 0
+    hist: list = field(default_factory=list)
+    coef: dict = field(default_factory=dict)
+    d_next: torch.Tensor | None = None
+
+
 class DiffusionSampler(Solver):
     """Base class: a sampler that needs ``problem.model`` and ``problem.process`` (a PF-ODE or reverse SDE).
 
-    Subclasses implement ``_step(problem, t0, t1, x, z, st)`` with ``st`` the per-solve state dict
-    (``hist``: multistep history, ``k``: step index, ``n``: number of steps, ``nfe``).
+    Subclasses implement ``_step(problem, t0, t1, x, z, st)`` with ``st`` the per-solve :class:`SamplerState`.
     """
 
     wants_grid = True
@@ -47,20 +68,20 @@ class DiffusionSampler(Solver):
             raise ValueError(f"sampler {self.name!r} is deterministic: solve the probability-flow ODE")
 
     def init(self, problem, t0, x0, grid=None):
-        return {"hist": [], "k": 0, "n": (len(grid) - 1) if grid is not None else None, "nfe": 0, "coef": {}}
+        return SamplerState(n=(len(grid) - 1) if grid is not None else None)
 
     def count_nfe(self, state, n_steps):
-        return state["nfe"]
+        return state.nfe
 
     # --- shared pieces -----------------------------------------------------------------------------------
     @staticmethod
     def coef(problem, st, t: float):
         """(alpha, sigma, lambda_) at t as Python floats (cached per solve; CPU only, no GPU sync)."""
-        c = st["coef"].get(t)
+        c = st.coef.get(t)
         if c is None:
             p, tt = problem.process, _t(t)
             c = (float(p.alpha(tt)), float(p.sigma(tt)), float(p.log_snr(tt)))
-            st["coef"][t] = c
+            st.coef[t] = c
         return c
 
     def data_step(self, problem, st, x, t0: float, t1: float, keep: int):
@@ -69,7 +90,7 @@ class DiffusionSampler(Solver):
         _, s0, l0 = self.coef(problem, st, t0)
         a1, s1, l1 = self.coef(problem, st, t1)
         d0 = self.model_out(problem, st, x, t0, "x0")
-        hist = st["hist"]
+        hist = st.hist
         hist.append((l0, d0))
         del hist[:-keep]
         return s0, l0, a1, s1, l1, d0, hist
@@ -80,14 +101,14 @@ class DiffusionSampler(Solver):
 
     @staticmethod
     def model_out(problem, st, x, t: float, kind: str):
-        st["nfe"] += 1
+        st.nfe += 1
         try:
             # float64 on the state's device (a fill, no copy): the model's schedule coefficients keep full
             # precision; a ScoreModel hands its network t in x's dtype
             t_dev = torch.full((), t, dtype=torch.float64, device=x.device)
             return problem.model.predict(x, t_dev, kind, **getattr(problem, "cond", {}))
         except ValueError as e:
-            raise ValueError(f"at step {st['k'] + 1} (t = {t:.6g}): {e}") from e
+            raise ValueError(f"at step {st.k + 1} (t = {t:.6g}): {e}") from e
 
     #: route the step's final linear combination through sdekit.kernels.combine: False (plain PyTorch ops),
     #: True (the Triton kernel; on CPU tensors only under TRITON_INTERPRET=1) or "auto" (Triton on CUDA
@@ -110,15 +131,15 @@ class DiffusionSampler(Solver):
         if s1 == 0.0:
             # a step onto sigma = 0 (lambda = inf): every first-order update here (DDIM, DPM-Solver(++)-1, the
             # Euler step of EDM) lands exactly on alpha1 · D(x, t0); higher-order terms would divide by h = inf
-            d = state.get("d_next")
+            d = state.d_next
             d = d if d is not None else self.model_out(problem, state, x0, t0, "x0")
-            state["k"] += 1
+            state.k += 1
             return d * a1, state, None
         z = None
         if noise is not None:
             z = noise / math.sqrt(abs(t1 - t0))
         x1 = self._step(problem, t0, t1, x0, z, state)
-        state["k"] += 1
+        state.k += 1
         return x1, state, None
 
     def _step(self, problem, t0, t1, x, z, st):
@@ -132,7 +153,7 @@ class DiffusionSampler(Solver):
 def _lower_order(st, order: int, lower_order_final: bool) -> int:
     """Warm-up (first steps) and, for short runs (< 10 steps, as in DPM-Solver's reference), final steps
     at lower order."""
-    k, n = st["k"], st["n"]
+    k, n = st.k, st.n
     order = min(order, k + 1)
     if lower_order_final and n is not None and n < 10:
         order = min(order, n - k)
@@ -326,7 +347,7 @@ class DPMSolverPPMultistep(DiffusionSampler):
         s0, l0, a1, s1, l1, d0, hist = self.data_step(problem, st, x, t0, t1, keep=3)
         order = _lower_order(st, self.max_order, self.lower_order_final)
         h = l1 - l0
-        if self.warmup == "singlestep" and st["k"] == 0 and self.max_order == 3 and order == 1:
+        if self.warmup == "singlestep" and st.k == 0 and self.max_order == 3 and order == 1:
             ts = self.t_of_lambda(problem, l0 + 0.5 * h)  # DPM-Solver++(2S) start, r = 1/2
             as_, ss, _ = self.coef(problem, st, ts)
             u = x * (ss / s0) - d0 * (as_ * math.expm1(-0.5 * h))
@@ -427,7 +448,7 @@ class UniPC(DiffusionSampler):
 
     def init(self, problem, t0, x0, grid=None):
         st = super().init(problem, t0, x0, grid)
-        st["d_next"] = None  # model output at the current point, from the last corrector
+        st.d_next = None  # model output at the current point, from the last corrector
         return st
 
     def _coefficients(self, rks, hh):
@@ -448,8 +469,8 @@ class UniPC(DiffusionSampler):
     def _step(self, problem, t0, t1, x, z, st):
         _, s0, l0 = self.coef(problem, st, t0)
         a1, s1, l1 = self.coef(problem, st, t1)
-        d0 = st["d_next"] if st["d_next"] is not None else self.model_out(problem, st, x, t0, "x0")
-        hist = st["hist"]
+        d0 = st.d_next if st.d_next is not None else self.model_out(problem, st, x, t0, "x0")
+        hist = st.hist
         hist.append((l0, d0))
         del hist[:-3]
         order = _lower_order(st, self.unipc_order, self.lower_order_final)
@@ -469,12 +490,12 @@ class UniPC(DiffusionSampler):
             rhos_p = [0.5] if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1]).tolist()
             res = sum(r * d for r, d in zip(rhos_p, d1s))
             pred = x_lin - res * (a1 * b_h)
-        last = st["n"] is not None and st["k"] == st["n"] - 1
+        last = st.n is not None and st.k == st.n - 1
         if last:
-            st["d_next"] = None
+            st.d_next = None
             return pred
         d_t = self.model_out(problem, st, pred, t1, "x0")
-        st["d_next"] = d_t
+        st.d_next = d_t
         rhos_c = [0.5] if order == 1 else torch.linalg.solve(r_mat, b).tolist()
         corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
         return x_lin - (corr + (d_t - d0) * rhos_c[-1]) * (a1 * b_h)
@@ -506,7 +527,7 @@ class EDMHeun(DiffusionSampler):
         xb = x / a0
         t_hat, sb_hat = t0, sb0
         if self.S_churn > 0 and self.S_min <= sb0 <= self.S_max:
-            gamma = min(self.S_churn / st["n"], math.sqrt(2) - 1)
+            gamma = min(self.S_churn / st.n, math.sqrt(2) - 1)
             lam_hat = -math.log(sb0 * (1 + gamma))
             lam_hat = max(lam_hat, float(problem.process.log_snr(_t(problem.process.t_max))))
             t_hat = self.t_of_lambda(problem, lam_hat)
@@ -563,7 +584,7 @@ class PredictorCorrector(DiffusionSampler):
             g2 = max(s0 * s0 - a * a * s1 * s1, 0.0)
             x = x - x * (a - 1) + score * g2 + z * math.sqrt(g2)
         if self.n_corrector_steps:
-            seed = int(torch.randint(0, 2**62, (1,), generator=_seeded(z, st["k"])).item())
+            seed = int(torch.randint(0, 2**62, (1,), generator=_seeded(z, st.k)).item())
             gen = torch.Generator(device=x.device).manual_seed(seed)
             alpha_i = (a1 / a0) ** 2
             for _ in range(self.n_corrector_steps):
@@ -659,6 +680,6 @@ class DPMSolverAdaptive(DiffusionSampler):
             if h <= 1e-12:
                 h = l_end - self.coef(problem, st, s)[2]
         del lower
-        return x, {"nfe": st["nfe"], "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
+        return x, {"nfe": st.nfe, "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
                    "solver": self.name}
 
