@@ -195,7 +195,7 @@ def _step(solver, problem, i, t0, t1, x, noise, state):
     try:
         return solver.step(problem if i else _FirstCallCheck(problem), t0, t1, x, noise, state)
     except ValueError as e:
-        raise ValueError(f"at step {i + 1} (t = {t0:.6g} to {t1:.6g}): {e}") from None
+        raise ValueError(f"at step {i + 1} (t = {t0:.6g}): {e}") from None
 
 
 def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=None, dt=None,

@@ -101,14 +101,12 @@ class DiffusionSampler(Solver):
 
     @staticmethod
     def model_out(problem, st, x, t: float, kind: str):
+        """One model evaluation at ``t`` (errors get their step from the solve loop, which runs every step)."""
         st.nfe += 1
-        try:
-            # float64 on the state's device (a fill, no copy): the model's schedule coefficients keep full
-            # precision; a ScoreModel hands its network t in x's dtype
-            t_dev = torch.full((), t, dtype=torch.float64, device=x.device)
-            return problem.model.predict(x, t_dev, kind, **getattr(problem, "cond", {}))
-        except ValueError as e:
-            raise ValueError(f"at step {st.k + 1} (t = {t:.6g}): {e}") from e
+        # float64 on the state's device (a fill, no copy): the model's schedule coefficients keep full
+        # precision; a ScoreModel hands its network t in x's dtype
+        t_dev = torch.full((), t, dtype=torch.float64, device=x.device)
+        return problem.model.predict(x, t_dev, kind, **getattr(problem, "cond", {}))
 
     #: route the step's final linear combination through sdekit.kernels.combine: False (plain PyTorch ops),
     #: True (the Triton kernel; on CPU tensors only under TRITON_INTERPRET=1) or "auto" (Triton on CUDA
