@@ -101,14 +101,24 @@ def split_values(w, area, h1: float, h2: float, normal):
     x1, x2 = normal(1, 1.0), normal(2, sd_h)
     w_s = (x1 * sd_w).add_(w, alpha=hs / h).add_(area, alpha=sign * 6 * h1 * h2 / h**2)
     a_s = x2.add_(x1, alpha=cov / sd_w).add_(area, alpha=(hs / h) ** 2)
-    w_l = w - w_s
-    hl = h - hs
-    # h H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2, solved for the long child's area (division by hl >= h/2)
+    # the long child is the rest of the interval (the area divides by its length, >= h/2)
     if left_short:
-        a_l = (area * h - a_s * h1 - w_s * (h2 / 2) + w_l * (h1 / 2)) / hl
-        return (w_s, a_s), (w_l, a_l)
-    a_l = (area * h - a_s * h2 - w_l * (h2 / 2) + w_s * (h1 / 2)) / hl
+        return (w_s, a_s), right_part(w, area, h, w_s, a_s, h1)
+    w_l = w - w_s
+    # h H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2, solved for the left part's area
+    a_l = (area * h - a_s * h2 - w_l * (h2 / 2) + w_s * (h1 / 2)) / h1
     return (w_l, a_l), (w_s, a_s)
+
+
+def right_part(w, area, h: float, w_left, a_left, h_left: float):
+    """``(W, H)`` of the right part ``[u, b]`` of an interval ``[a, b]`` of length ``h`` with increment ``w`` and
+    area ``area`` (or None), given its left part ``[a, u]`` (length ``h_left``): the combination rule
+    ``h H = h1 H1 + h2 H2 + (h2/2) W1 - (h1/2) W2`` solved for the right part."""
+    h_right = h - h_left
+    w_right = w - w_left
+    if area is None:
+        return w_right, None
+    return w_right, (area * h - a_left * h_left - w_left * (h_right / 2) + w_right * (h_left / 2)) / h_right
 
 
 def combine_areas(parts):
@@ -526,24 +536,14 @@ class VirtualBrownianTree(_PathBase):
         parts = []
         h_cell = self.length / n
         if fs != 0.0 and ft != 0.0 and a_idx == b_idx:  # both inside one finest cell
-            w1, h1 = self._cell_bridge(ks, fs, s)
-            w2, h2 = self._cell_bridge(kt, ft, t)
-            if h1 is None:
-                return [(w2 - w1, None, t - s)]
-            # (W, H) of [s, t] from those of [c, s] and [c, t]: solve the combination rule for the right part
-            ls_, lt_ = fs * h_cell, ft * h_cell
-            w = w2 - w1
-            area = (h2 * lt_ - h1 * ls_ - w1 * (0.5 * (lt_ - ls_)) + w * (0.5 * ls_)) / (lt_ - ls_)
-            return [(w, area, t - s)]
-        if fs != 0.0:  # the rest of s's finest cell: cell minus its part before s
-            wc, hc = self._node(self.max_depth, ks)
-            w1, h1 = self._cell_bridge(ks, fs, s)
-            ls_ = fs * h_cell
-            w = wc - w1
-            area = None
-            if hc is not None:
-                area = (hc * h_cell - h1 * ls_ - w1 * (0.5 * (h_cell - ls_)) + w * (0.5 * ls_)) / (h_cell - ls_)
-            parts.append((w, area, h_cell - ls_))
+            # [s, t] is the right part of [c, t] whose left part is [c, s] (c the cell's start)
+            w_s, a_s = self._cell_bridge(ks, fs, s)
+            w_t, a_t = self._cell_bridge(kt, ft, t)
+            return [(*right_part(w_t, a_t, ft * h_cell, w_s, a_s, fs * h_cell), t - s)]
+        if fs != 0.0:  # the rest of s's finest cell: the right part of the cell whose left part is [c, s]
+            w_s, a_s = self._cell_bridge(ks, fs, s)
+            parts.append((*right_part(*self._node(self.max_depth, ks), h_cell, w_s, a_s, fs * h_cell),
+                          h_cell - fs * h_cell))
             a_idx += 1
         parts.extend(self._cover(a_idx, b_idx))
         if ft != 0.0:
