@@ -201,15 +201,20 @@ class _ReferenceProgress:
             self.bar.close()
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def reference_endpoint(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, cache: str | None,
-                       stats: dict | None = None, method: str = "DOP853", progress: bool = False):
+                       stats: dict | None = None, method: str = "DOP853", progress: bool = False,
+                       log: Callable[[str], None] = _stderr):
     """Float64 solve (scipy DOP853 by default) of the PF-ODE from ``x_T``, cached as .npy under ``cache``.
 
     A cache that cannot be read, has another shape or holds NaN/Inf is recomputed. ``stats``, when given,
     receives ``nfe`` (drift evaluations of the solve; not set on a cache hit).
     """
     if cache is not None and os.path.exists(cache):
-        cached = _load_reference(cache, tuple(x_T.shape))
+        cached = _load_reference(cache, tuple(x_T.shape), log=log)
         if cached is not None:
             return cached
     ode = probability_flow(model.process, model)
@@ -237,23 +242,23 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None) -> torch.Tensor | None:
+def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None,
+                    log: Callable[[str], None] = _stderr) -> torch.Tensor | None:
     """The cached reference at ``path``, or None (after saying why) when it is unreadable, does not fit, or its
     content differs from the digest recorded when it was written."""
     try:
         arr = np.load(path)
     except (OSError, ValueError, EOFError) as e:
-        print(f"sdekit: the cached reference {path} is unreadable ({type(e).__name__}); recomputing it",
-              file=sys.stderr)
+        log(f"sdekit: the cached reference {path} is unreadable ({type(e).__name__}); recomputing it")
         return None
     if arr.shape != shape or arr.dtype != np.float64 or not np.isfinite(arr).all():
         why = (f"shape {arr.shape}, expected {shape}" if arr.shape != shape else
                f"dtype {arr.dtype}" if arr.dtype != np.float64 else "NaN/Inf values")
-        print(f"sdekit: the cached reference {path} does not fit this run ({why}); recomputing it", file=sys.stderr)
+        log(f"sdekit: the cached reference {path} does not fit this run ({why}); recomputing it")
         return None
     if sha256 is not None and _digest(arr) != sha256:
-        print(f"sdekit: the cached reference {path} was modified after it was written (SHA-256 differs); "
-              "recomputing it", file=sys.stderr)
+        log(f"sdekit: the cached reference {path} was modified after it was written (SHA-256 differs); "
+            "recomputing it")
         return None
     return torch.from_numpy(arr)
 
@@ -273,7 +278,7 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
         info = _read_json(info_path, dict, log)
         ok = info is not None and (info.get("check_rmse") is not None or not cfg.reference_check)
         if ok:
-            ref = _load_reference(cache, tuple(x_T.shape), info.get("sha256", ""))
+            ref = _load_reference(cache, tuple(x_T.shape), info.get("sha256", ""), log=log)
             if ref is not None:
                 return ref, info
             reuse_unrecorded = False  # recorded but damaged: never reused
@@ -285,7 +290,7 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
     t0 = time.perf_counter()
     ref = reference_endpoint(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
                              cache=cache if reuse_unrecorded else None, stats=stats, method=cfg.reference_method,
-                             progress=progress)
+                             progress=progress, log=log)
     _save_npy(cache, ref.numpy())
     info["sha256"] = _digest(ref.numpy())
     info["nfe"], info["wall_s"] = stats.get("nfe"), time.perf_counter() - t0
