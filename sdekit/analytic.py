@@ -354,13 +354,15 @@ REFERENCE_METHODS = ("DOP853", "RK45", "RK23")
 
 
 def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
-                    atol: float = 1e-12, method: str = "DOP853") -> torch.Tensor:
+                    atol: float = 1e-12, method: str = "DOP853", on_step=None) -> torch.Tensor:
     """Solve ``dx/dt = drift(t, x)`` from ``t0`` to ``t1`` (either direction) with scipy's DOP853 (or another
     explicit method of :data:`REFERENCE_METHODS`) in float64.
 
     ``drift`` may be a callable or an object with ``.drift`` (an sdekit ODE/SDE; its diffusion is ignored); it
     receives ``t`` as a 0-d float64 tensor and the state in float64. Returns the state at ``t1`` (or at each of
-    ``t_eval``, stacked first) in ``x0``'s dtype.
+    ``t_eval``, stacked first) in ``x0``'s dtype. ``on_step(t)``, when given (without ``t_eval``), is called
+    after every accepted step with the time reached (for progress bars: trial evaluations of rejected steps
+    and of the initial step-size guess can lie anywhere in the interval).
     """
     fn = drift.drift if hasattr(drift, "drift") else drift
     check_finite(x0, "x0")
@@ -377,6 +379,15 @@ def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=Non
     y0 = x0.detach().to(torch.float64).cpu().reshape(-1).numpy()
     import scipy.integrate  # loaded on first use: `import sdekit` stays light
 
+    if on_step is not None and t_eval is None:
+        # the same integrator solve_ivp runs, stepped here so that every accepted step is reported
+        integrator = getattr(scipy.integrate, method)(rhs, float(t0), y0, float(t1), rtol=rtol, atol=atol)
+        while integrator.status == "running":
+            message = integrator.step()
+            if integrator.status == "failed":
+                raise RuntimeError(f"reference {method} solve failed: {message}")
+            on_step(float(integrator.t))
+        return torch.from_numpy(integrator.y.copy()).reshape(shape).to(dtype)
     res = scipy.integrate.solve_ivp(rhs, (float(t0), float(t1)), y0, method=method, rtol=rtol, atol=atol,
                                     t_eval=None if t_eval is None else np.asarray(t_eval, dtype=float))
     if not res.success:
