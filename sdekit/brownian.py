@@ -64,6 +64,11 @@ def _mix(*keys: int) -> int:
     return z & ((1 << 63) - 1)
 
 
+def _bits(v: float) -> int:
+    """The IEEE-754 bits of a float64, as an int (a hash key that tells every float apart)."""
+    return struct.unpack("<q", struct.pack("<d", v))[0]
+
+
 def _check_args(t0, t1, shape, seed, cache_size):
     t0, t1 = float(t0), float(t1)
     if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
@@ -163,6 +168,12 @@ class _PathBase:
 
     def _zeros(self):
         return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+
+    def extra(self, s, t, index: int) -> torch.Tensor:
+        """A standard Gaussian in the path's shape, a function of ``(seed, s, t, index)`` only and independent
+        of the path's increments: the additional noise a sampler draws inside the step ``s -> t`` (the
+        Langevin corrector of predictor–corrector sampling), reproducible from the path's seed."""
+        return self._randn(_mix(self.seed, 0xE47A, _bits(float(s)), _bits(float(t)), int(index)), 1.0)
 
     def _times(self, s, t):
         s, t = float(s), float(t)
@@ -598,6 +609,7 @@ class FreshNoise:
 
     def __init__(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
+        self._base_seed = None
 
     def __call__(self, s, t) -> torch.Tensor:
         std = math.sqrt(abs(float(t) - float(s)))
@@ -609,3 +621,53 @@ class FreshNoise:
         area = torch.normal(0.0, math.sqrt(h / 12), self.shape, generator=self.generator, dtype=self.dtype,
                             device=self.device)
         return w, area
+
+    def extra(self, s, t, index: int) -> torch.Tensor:
+        """Another independent standard Gaussian from the generator."""
+        return torch.randn(self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
+
+    def kernel_seed(self, step: int) -> int:
+        """A 63-bit key for noise drawn inside a kernel (Philox keyed on it) at step ``step``: distinct steps get
+        distinct keys, hashed from one base seed drawn from the generator on first use (one host read per solve,
+        none per step)."""
+        if self._base_seed is None:
+            gen = self.generator
+            dev = gen.device if gen is not None else None
+            self._base_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=dev).item())
+        return _mix(self._base_seed, 0xF05E, int(step))
+
+
+class StepNoise:
+    """The noise of one step, for samplers that declare ``noise_sampler = True``: drawn only when asked.
+
+    - :meth:`z`: the step's standard Gaussian, ``(W(t) - W(s)) / sqrt|t - s|`` of the solve's Brownian path or
+      fresh noise (computed once, then cached).
+    - :meth:`extra`: another standard Gaussian, independent of ``z`` and of earlier ``extra`` draws (a
+      ``noise_sampler`` that may be called more than once a step, as in k-diffusion).
+    - :meth:`kernel_seed`: for fresh noise, a key from which a fused kernel draws ``z`` in registers instead
+      of reading a tensor (None for a consistent Brownian path, whose increments must be materialised);
+      a step that uses it never calls :meth:`z`.
+    """
+
+    def __init__(self, source, s: float, t: float, step: int):
+        self.source, self.s, self.t, self.step = source, s, t, step
+        self._z = None
+        self._extra = 0
+
+    def kernel_seed(self) -> int | None:
+        if isinstance(self.source, FreshNoise) and self._z is None:
+            return self.source.kernel_seed(self.step)
+        return None
+
+    def z(self) -> torch.Tensor:
+        if self._z is None:
+            self._z = self.source(self.s, self.t) / math.sqrt(abs(self.t - self.s))
+        return self._z
+
+    def extra(self) -> torch.Tensor:
+        extra = getattr(self.source, "extra", None)
+        if extra is None:
+            raise ValueError(f"this step draws more than one Gaussian; its noise source ({type(self.source).__name__})"
+                             " has no extra(s, t, index): use fresh noise, a BrownianPath or a VirtualBrownianTree")
+        self._extra += 1
+        return extra(self.s, self.t, self._extra)

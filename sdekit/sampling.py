@@ -17,10 +17,10 @@ from .models import ScoreModel
 from .reverse import probability_flow, reverse_sde
 from .schedules import time_grid
 from .solve import MAX_STEPS, PIController, Solution, solve
-from .solvers import Solver
+from .solvers import DiffusionSampler, Solver
 from .solvers import get as get_solver
 
-_CONTROLLER_KEYS = ("rtol", "atol", "max_steps", "dt0", "dt_min", "pcoeff", "icoeff")
+_CONTROLLER_KEYS = ("rtol", "atol", "max_steps", "dt0", "dt_min", "dt_max", "pcoeff", "icoeff", "safety", "norm")
 
 
 def _grid_to_t(model, grid) -> torch.Tensor:
@@ -52,8 +52,10 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
         model: a :class:`~sdekit.models.ScoreModel` (or anything with ``.process`` and ``.predict``).
         solver: a registry name (``"ddim"``, ``"dpmpp_2m"``, ``"unipc"``, ``"rk4"``, ``"sra1"``, ...) or a
             Solver instance. Sampler options (``eta``, ``order``, ``variant``, ``S_churn``...) go in
-            ``options``; for adaptive generic ODE solvers ``rtol``/``atol`` select a
-            :class:`~sdekit.solve.PIController`.
+            ``options``. For solvers with an embedded error estimate, controller options (``rtol``, ``atol``,
+            ``max_steps``, ``dt0``, ``safety``, ``norm``...) select a :class:`~sdekit.controllers.PIController`;
+            a solver that declares ``default_controller`` (the adaptive DPM-Solver) always runs adaptively,
+            from those defaults.
         steps: number of steps (each costs the solver's ``evals_per_step`` model evaluations).
         spacing: ``"time"``, ``"log_snr"``, ``"quadratic"`` or ``"karras"`` (``rho``); ``grid`` (a 1-D tensor
             of times in the model's time convention, ``"t"`` or ``"index"``) overrides it.
@@ -63,7 +65,9 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
             never used).
         fused: for diffusion samplers, compute each step's final linear combination with the fused kernel
             ``sdekit.kernels.combine`` (``True``: Triton; ``"auto"``: Triton on CUDA tensors; ``False``: PyTorch).
-            The noise still comes from the solve's noise source, so results agree to rounding.
+            With fresh noise (no ``brownian``) the fused kernel draws each step's Gaussian in registers from a
+            Philox key (a different stream from the unfused path's); with a Brownian path it reads the path's
+            increments, so fused and unfused results agree to rounding.
 
     Returns the :class:`~sdekit.solve.Solution`; ``stats["nfe"]`` counts the model evaluations exactly.
     """
@@ -83,15 +87,11 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
             raise TypeError(f"options {sorted(options)} given with a solver instance")
         s = solver
     else:
-        s = get_solver(solver, **(ctrl_opts if solver == "dpm_solver_adaptive" else {}), **options)
-        if solver == "dpm_solver_adaptive":
-            ctrl_opts = {}
+        s = get_solver(solver, **options)
     if fused is not False:
-        if fused not in (True, "auto"):
-            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
-        if not hasattr(s, "lin"):
+        if not isinstance(s, DiffusionSampler):
             raise ValueError(f"fused steps apply to diffusion samplers, not {s.name!r}")
-        s.fused = fused
+        s = s.with_fused(fused)
     if generator is None:
         generator = torch.Generator(device=x_T.device).manual_seed(int.from_bytes(os.urandom(7), "little"))
     if grid is not None:
@@ -101,13 +101,9 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
     n0 = getattr(model, "nfe", None)
     stochastic = bool(s.noise_types)
     problem = reverse_sde(process, model, **cond) if stochastic else probability_flow(process, model, **cond)
-    if s.adaptive_lambda:
-        s.check(problem)
-        x, stats = s.run(problem, x_T, float(ts[0]), float(ts[-1]))
-        sol = Solution(x=x, stats=stats)
-    elif s.adaptive and ctrl_opts:
-        sol = solve(problem, x_T, s, t0=float(ts[0]), t1=float(ts[-1]), controller=PIController(**ctrl_opts),
-                    save_at=None, progress=progress)
+    if s.adaptive and (ctrl_opts or s.default_controller is not None):
+        controller = PIController(**{**(s.default_controller or {}), **ctrl_opts})
+        sol = solve(problem, x_T, s, t0=float(ts[0]), t1=float(ts[-1]), controller=controller, progress=progress)
     else:
         if ctrl_opts:
             raise TypeError(f"options {sorted(ctrl_opts)} apply only to adaptive solvers, not {s.name!r}")

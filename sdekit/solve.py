@@ -1,12 +1,14 @@
-"""The one integration loop for every SDE/ODE of the generic layer.
+"""The one integration loop of sdekit: every solve, sample, likelihood and conformance check runs here.
 
-``solve`` owns the time grid (a tensor, ``t0, t1, dt``, or an adaptive controller), the Brownian path,
-``save_at`` and the statistics; solvers only step. Grids may increase or decrease: a reverse-time
-diffusion is solved on a decreasing grid directly, with no time flip.
+``solve`` owns the step-size controller (a :class:`~sdekit.controllers.FixedGrid` or a
+:class:`~sdekit.controllers.PIController`, stepping in time or in log-SNR), the Brownian path, ``save_at``
+and the statistics; solvers only step (:class:`~sdekit.solvers.Step`). Grids may increase or decrease: a
+reverse-time diffusion is solved on a decreasing grid directly, with no time flip.
 
-On the fixed-grid path nothing synchronises a GPU per step: times are Python floats taken from the grid
-once, and NaN/Inf is tracked as per-step device flags checked once at the end (on CPU, where a check is
-cheap, one reduction per step, every step is checked at once so that the error names the first bad step).
+On a fixed grid nothing synchronises a GPU per step: times are Python floats taken from the grid once, and
+NaN/Inf is tracked as per-step device flags checked once at the end (on CPU, where a check is cheap, one
+reduction per step, every step is checked at once so that the error names the first bad step). An adaptive
+step synchronises once, for its error norm.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ._utils import time_like
-from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
-from .solvers import Solver
+from .brownian import BrownianPath, FreshNoise, StepNoise, VirtualBrownianTree
+from .controllers import MAX_STEPS, FixedGrid, PIController
+from .solvers import Solver, Step
 from .solvers import get as get_solver
+
+__all__ = ["MAX_STEPS", "FixedGrid", "PIController", "Solution", "solve"]
 
 
 @dataclass
@@ -31,84 +36,6 @@ class Solution:
     xs: torch.Tensor | None = None
     ts: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
-
-
-@dataclass
-class PIController:
-    """Adaptive step-size controller on the RMS error norm ``‖err / (atol + rtol · max(|x0|, |x1|))‖``.
-
-    ``h_new = h · clip(safety · r^(-(icoeff + pcoeff)/k) · r_prev^(pcoeff/k), factor_min, factor_max)``
-    with ``k`` = (order of the embedded estimate) + 1 (Hairer & Wanner, *Solving ODEs II*, §IV.2;
-    ``pcoeff = 0`` is the classic I-controller). ``dt0 = None`` picks the first step by Hairer's rule.
-    """
-
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    pcoeff: float = 0.0
-    icoeff: float = 1.0
-    safety: float = 0.9
-    factor_min: float = 0.2
-    factor_max: float = 10.0
-    dt0: float | None = None
-    dt_min: float = 0.0
-    dt_max: float = math.inf
-    max_steps: int = 100_000
-
-    def __post_init__(self):
-        for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.rtol == 0 and self.atol == 0:
-            raise ValueError("rtol and atol cannot both be 0")
-        if not 0 < self.factor_min < 1 < self.factor_max:
-            raise ValueError("need 0 < factor_min < 1 < factor_max")
-        if not (isinstance(self.max_steps, int) and self.max_steps > 0):
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
-
-    def factor(self, ratio: float, prev_ratio: float, order: float) -> float:
-        if not math.isfinite(ratio):
-            return self.factor_min
-        k = order + 1
-        ratio = max(ratio, 1e-10)
-        f = self.safety * ratio ** (-(self.icoeff + self.pcoeff) / k) * max(prev_ratio, 1e-10) ** (self.pcoeff / k)
-        return min(self.factor_max, max(self.factor_min, f))
-
-
-#: the most steps a fixed grid may have (a 10-million-step Python loop is already hours): a tiny ``dt`` is refused
-#: before any memory is allocated
-MAX_STEPS = 10_000_000
-
-
-def _grid(ts, t0, t1, dt) -> list[float]:
-    if ts is not None:
-        if any(v is not None for v in (t0, t1, dt)):
-            raise ValueError("give either ts or (t0, t1, dt), not both")
-        grid = torch.as_tensor(ts, dtype=torch.float64).detach().cpu()
-        if grid.ndim != 1 or grid.numel() < 2:
-            raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {tuple(grid.shape)}")
-        if not bool(torch.isfinite(grid).all()):
-            raise ValueError("ts contains NaN/Inf")
-        d = grid[1:] - grid[:-1]
-        if not (bool((d > 0).all()) or bool((d < 0).all())):
-            i = int(torch.nonzero((d <= 0) if d[0] > 0 else (d >= 0))[0])
-            raise ValueError(f"ts must be strictly monotone; it is not between index {i} and {i + 1}")
-        return grid.tolist()
-    if t0 is None or t1 is None or dt is None:
-        raise ValueError("give ts, or t0, t1 and dt, or t0, t1 and an adaptive controller")
-    t0, t1, dt = float(t0), float(t1), float(dt)
-    if not all(math.isfinite(v) for v in (t0, t1, dt)):
-        raise ValueError(f"t0, t1 and dt must be finite, got {t0}, {t1}, {dt}")
-    if t0 == t1:
-        raise ValueError("t0 and t1 must differ")
-    if dt == 0 or (t1 - t0) * dt < 0:
-        raise ValueError(f"dt={dt} must be non-zero with the sign of t1 - t0 = {t1 - t0:g}")
-    n_float = abs(t1 - t0) / abs(dt)
-    if not n_float <= MAX_STEPS:
-        raise ValueError(f"dt={dt:g} gives {n_float:.3g} steps over [{min(t0, t1):g}, {max(t0, t1):g}]; at most "
-                         f"{MAX_STEPS} steps: dt must be at least {abs(t1 - t0) / MAX_STEPS:.3g} in size")
-    n = max(1, math.ceil(n_float - 1e-9))
-    return torch.linspace(t0, t1, n + 1, dtype=torch.float64).tolist()
 
 
 def _noise_source(problem, solver: Solver, x0, brownian, generator, t_first, t_last):
@@ -190,42 +117,49 @@ class _FirstCallCheck:
         return g
 
 
-def _step(solver, problem, i, t0, t1, x, noise, state):
+def _step(solver, problem, i, t0, t1, x, noise, state) -> Step:
     """One step with its context: an error raised inside (a model's NaN check, a shape check) names the step."""
     try:
-        return solver.step(problem if i else _FirstCallCheck(problem), t0, t1, x, noise, state)
+        step = solver.step(problem if i else _FirstCallCheck(problem), t0, t1, x, noise, state)
     except ValueError as e:
         raise ValueError(f"at step {i + 1} (t = {t0:.6g}): {e}") from None
+    if not isinstance(step, Step):
+        raise TypeError(f"solver {solver.name!r}: step() must return a sdekit.solvers.Step(x1, state, error, dense, "
+                        f"nfe), got {type(step).__name__}")
+    return step
 
 
 def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=None, dt=None,
-          controller: PIController | None = None, save_at=None, brownian=None,
+          controller: PIController | FixedGrid | None = None, save_at=None, brownian=None,
           generator: torch.Generator | None = None, progress: bool = False) -> Solution:
-    """Integrate an SDE/ODE of the generic layer from ``x0``.
+    """Integrate an SDE/ODE of the generic layer, or a diffusion sampler's problem, from ``x0``.
 
     Args:
-        problem: an :class:`~sdekit.sde.SDE` or :class:`~sdekit.sde.ODE`.
+        problem: an :class:`~sdekit.sde.SDE` or :class:`~sdekit.sde.ODE` (for diffusion samplers, the
+            probability-flow ODE or reverse SDE of a process and a model).
         x0: initial state, batch first, any shape.
         solver: a :class:`~sdekit.solvers.Solver` or a registry name.
-        ts: a 1-D strictly monotone grid (increasing or decreasing); or ``t0, t1, dt``; or ``t0, t1``
-            and ``controller`` (a :class:`PIController`) for adaptive steps (ODEs with an embedded pair).
+        ts: a 1-D strictly monotone grid (increasing or decreasing); or ``t0, t1, dt``; or
+            ``controller=FixedGrid(...)``; or ``t0, t1`` and ``controller`` (a :class:`PIController`) for adaptive
+            steps (ODEs, solvers with an embedded error estimate; in ``t`` or, for adaptive diffusion samplers,
+            in log-SNR).
         save_at: times to save (a 1-D tensor/list; on a fixed grid they must be grid points; adaptive
             solves use the solver's dense output), or ``"steps"`` for every step of a fixed grid.
         brownian: a :class:`~sdekit.brownian.BrownianPath` (or a ``VirtualBrownianTree``, or any ``bm(s, t)``);
             else fresh noise from ``generator``.
+        progress: show a tqdm progress bar.
 
     Drift and diffusion receive ``t`` as a 0-d tensor in ``x0``'s dtype and on its device (as in torchdiffeq
     and torchsde); step sizes are computed from the float64 grid. On the first step every drift and diffusion
     value is checked against the state's shape.
 
     Raises:
-        TypeError: a problem, state or solver of the wrong type.
+        TypeError: a problem, state, solver or step of the wrong type.
         ValueError: bad arguments (grid, ``dt`` giving more than :data:`MAX_STEPS` steps, ``save_at``, a
             Brownian path that does not fit), a drift or diffusion of the wrong shape, or a model that returned
             NaN/Inf (the message names the step and time).
         FloatingPointError: the state became NaN/Inf (the message names the step).
         RuntimeError: an adaptive solve exceeded ``max_steps`` or its step size underflowed.
-        progress: show a tqdm progress bar.
     """
     if not hasattr(problem, "drift"):
         raise TypeError(f"problem must be an SDE/ODE with a drift, got {type(problem).__name__}")
@@ -235,48 +169,236 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
         raise ValueError("x0 contains NaN/Inf")
     solver = get_solver(solver)
     solver.check(problem)
-    if controller is not None:
-        return _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, controller, save_at, progress)
-    grid = _grid(ts, t0, t1, dt)
-    source = _noise_source(problem, solver, x0, brownian, generator, grid[0], grid[-1])
-    save_idx = _save_indices(save_at, grid)
-    n = len(grid) - 1
-    init_kw = {"grid": grid} if solver.wants_grid else {}
-    x, state = x0, solver.init(problem, grid[0], x0, **init_kw)
-    saved = [x0] if (save_idx is not None and 0 in save_idx) else []
-    check_now = x0.device.type == "cpu"
-    flags = []
-    it = range(n)
-    if progress:
-        from tqdm.auto import tqdm
+    if controller is None or isinstance(controller, FixedGrid):
+        if controller is None:
+            controller = FixedGrid(ts, t0=t0, t1=t1, dt=dt)
+        elif any(v is not None for v in (ts, t0, t1, dt)):
+            raise ValueError("give either a FixedGrid controller or ts / (t0, t1, dt), not both")
+        t_start, t_end = controller.times[0], controller.times[-1]
+    elif isinstance(controller, PIController):
+        t_start, t_end = _adaptive_args(problem, solver, controller, ts, t0, t1, dt)
+    else:
+        raise TypeError(f"controller must be a FixedGrid or a PIController, got {type(controller).__name__}")
+    source = _noise_source(problem, solver, x0, brownian, generator, t_start, t_end)
+    return _loop(problem, x0, solver, controller, t_start, t_end, source, save_at, progress)
 
-        it = tqdm(it, desc=f"solve[{solver.name}]", leave=False)
-    for i in it:
-        x, state, _ = _step(solver, problem, i, grid[i], grid[i + 1], x,
-                            _increment(source, solver, grid[i], grid[i + 1]), state)
+
+def _adaptive_args(problem, solver, ctrl, ts, t0, t1, dt):
+    if ts is not None or dt is not None:
+        raise ValueError("an adaptive solve takes t0, t1 and controller (not ts or dt)")
+    if t0 is None or t1 is None:
+        raise ValueError("an adaptive solve needs t0 and t1")
+    t0, t1 = float(t0), float(t1)
+    if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
+        raise ValueError(f"t0 and t1 must be finite and differ, got {t0}, {t1}")
+    if not problem.is_ode:
+        raise ValueError("adaptive step-size control is implemented for ODEs; use a fixed grid for SDEs")
+    if not solver.adaptive:
+        from .solvers import REGISTRY
+
+        pairs = ", ".join(sorted(n for n, c in REGISTRY.items() if c.adaptive))
+        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: {pairs}")
+    variable = ctrl.variable or solver.step_variable
+    if variable != solver.step_variable:
+        raise ValueError(f"solver {solver.name!r} steps in {solver.step_variable!r}, not in the controller's "
+                         f"{variable!r}")
+    if variable == "lambda" and not hasattr(problem, "process"):
+        raise ValueError("a controller in lambda (log-SNR) needs a diffusion problem (a process with log_snr)")
+    return t0, t1
+
+
+#: how far past lambda(t_min) an adaptive solve in log-SNR goes before its last step onto sigma = 0
+TAIL_LOG_SNR = 5.0
+
+
+class _LogSNR:
+    """The map between time and log-SNR of a diffusion process, in float64 on the host."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def to_var(self, t: float) -> float:
+        return float(self.process.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+    def to_t(self, u: float) -> float:
+        return float(self.process.t_from_log_snr(torch.tensor(u, dtype=torch.float64)))
+
+
+class _Time:
+    @staticmethod
+    def to_var(t: float) -> float:
+        return t
+
+    @staticmethod
+    def to_t(u: float) -> float:
+        return u
+
+
+def _loop(problem, x0, solver, ctrl, t_start, t_end, source, save_at, progress) -> Solution:
+    """The integration loop: the controller proposes each step's end, the solver steps, the controller accepts
+    or rejects (a fixed grid accepts every step)."""
+    adaptive = ctrl.adaptive
+    direction = 1.0 if t_end > t_start else -1.0
+    grid = None if adaptive else ctrl.times
+    n_fixed = None if adaptive else len(grid) - 1
+    save_idx, save_times = _save_plan(save_at, grid, t_start, t_end, direction)
+    var = _LogSNR(problem.process) if (adaptive and (ctrl.variable or solver.step_variable) == "lambda") else _Time
+    nfe, f0 = 0, None
+    if adaptive:
+        # the end of the controlled part: where lambda is infinite (sigma = 0 at t_end) the controller stops at
+        # lambda(t_min) + TAIL_LOG_SNR, sigma/alpha e^5 ~ 150 times below its value at the process's default end
+        # t_min, and one last (first-order, exact in the limit) step goes to t_end: its error, of order sigma², is
+        # then far below the tolerance
+        t_stop = t_end
+        if not math.isfinite(var.to_var(t_end)):
+            t_min = float(problem.process.t_min)
+            if not ((t_min - t_end) * direction < 0 and (t_min - t_start) * direction > 0):
+                raise ValueError(f"log-SNR is infinite at t_end = {t_end:g}; an adaptive solve in lambda then needs "
+                                 f"the process's t_min = {t_min:g} strictly between t_start and t_end")
+            t_stop = var.to_t(var.to_var(t_min) + TAIL_LOG_SNR)
+        u, u_stop = var.to_var(t_start), var.to_var(t_stop)
+        span, dir_u = abs(u_stop - u), (1.0 if u_stop > u else -1.0)
+        err_order = (solver.order or 1.0) - 1.0  # the embedded estimate is one order lower
+        if ctrl.dt0 is not None:
+            h = abs(float(ctrl.dt0))
+        elif var is _Time:
+            f0 = _FirstCallCheck(problem).drift(time_like(t_start, x0), x0)
+            h = _initial_step(problem, solver, t_start, x0, direction, ctrl, f0, span)
+            nfe += 2
+        else:
+            h = 0.05  # the DPM-Solver reference's h_init (in lambda)
+        h = min(h, ctrl.dt_max, span)
+        prev_ratio = 1.0
+    state = solver.init(problem, t_start, x0, grid=grid, f0=f0)
+    t, x = t_start, x0
+    saved = []
+    if save_idx is not None and 0 in save_idx:
+        saved.append(x0)
+    si = 0
+    while save_times is not None and si < len(save_times) and save_times[si] == t_start:
+        saved.append(x0)
+        si += 1
+    check_now = adaptive or x0.device.type == "cpu"
+    flags = []
+    accepted = rejected = 0
+    bar = _progress_bar(progress, solver, adaptive, n_fixed, span if adaptive else 0.0)
+    while True:
+        # --- the controller proposes the step's end ---
+        if not adaptive:
+            if accepted == n_fixed:
+                break
+            t_new = grid[accepted + 1]
+        else:
+            if accepted + rejected >= ctrl.max_steps:
+                raise RuntimeError(f"adaptive solve exceeded max_steps={ctrl.max_steps} at t = {t:.6g} "
+                                   f"(step {h:.3g}); loosen rtol/atol or raise max_steps")
+            if t == t_end:
+                break
+            tail = t == t_stop
+            if tail:
+                t_new = t_end  # the last step onto sigma = 0, after the controlled part
+            elif abs(u_stop - u) <= h * (1 + 1e-12):
+                step_u, u_new, t_new = abs(u_stop - u), u_stop, t_stop
+            else:
+                step_u, u_new = h, u + dir_u * h
+                t_new = var.to_t(u_new)
+        # --- the solver steps ---
+        i = accepted + rejected
+        noise = None
+        if source is not None:
+            noise = StepNoise(source, t, t_new, i) if solver.noise_sampler else _increment(source, solver, t, t_new)
+        step = _step(solver, problem, i, t, t_new, x, noise, state)
+        nfe += solver.evals_per_step if step.nfe is None else step.nfe
+        # --- the controller accepts or rejects ---
+        if adaptive and not tail:
+            ratio = ctrl.error_ratio(step.error, x, step.x1)
+            ok = math.isfinite(ratio) and ratio <= 1.0
+            factor = ctrl.factor(ratio, prev_ratio, err_order)
+            if not ok:
+                rejected += 1  # x and the solver state stay as they were
+                h = min(ctrl.dt_max, step_u * min(1.0, factor))
+                _check_step_size(h, ctrl, t)
+                continue
+            prev_ratio = ratio
+            h = min(ctrl.dt_max, step_u * factor)
+            _check_step_size(h, ctrl, t_new)
+        accepted += 1
+        while save_times is not None and si < len(save_times) and (t_new - save_times[si]) * direction >= 0:
+            st_ = save_times[si]
+            saved.append(step.x1 if st_ == t_new else solver.interpolate(t, t_new, x, step, st_))
+            si += 1
+        t, x, state = t_new, step.x1, step.state
+        if adaptive and not tail:
+            u = u_new
         if check_now:
             if not math.isfinite(float(x.detach().sum())):  # one reduction; float() of a CPU scalar is cheap
-                _raise_nonfinite(i + 1, grid[i + 1])
+                _raise_nonfinite(accepted, t)
         else:
             flags.append(_nonfinite(x))
-        if save_idx is not None and (i + 1) in save_idx:
+        if save_idx is not None and accepted in save_idx:
             saved.append(x)
+        if bar is not None:
+            _advance(bar, adaptive, step_u if adaptive and not tail else 1, nfe, accepted, rejected)
+    if bar is not None:
+        bar.close()
     if flags:
         bad = torch.stack(flags)
         if bool(bad.any()):  # the one synchronisation of the fixed-grid loop
             first = int(torch.nonzero(bad)[0])
             _raise_nonfinite(first + 1, grid[first + 1])
-    nfe = solver.count_nfe(state, n)
-    stats = {"nfe": nfe, "n_steps": n, "n_accepted": n, "n_rejected": 0, "solver": solver.name}
-    if save_idx is None:
-        return Solution(x=x, stats=stats)
-    ts_saved = torch.tensor([grid[j] for j in sorted(save_idx)], dtype=torch.float64)
-    return Solution(x=x, xs=torch.stack(saved), ts=ts_saved, stats=stats)
+    stats = {"nfe": nfe, "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
+             "solver": solver.name}
+    if save_idx is not None:
+        ts_saved = torch.tensor([grid[j] for j in sorted(save_idx)], dtype=torch.float64)
+        return Solution(x=x, xs=torch.stack(saved), ts=ts_saved, stats=stats)
+    if save_times is not None:
+        return Solution(x=x, xs=torch.stack(saved), ts=torch.tensor(save_times, dtype=torch.float64), stats=stats)
+    return Solution(x=x, stats=stats)
+
+
+def _check_step_size(h, ctrl, t):
+    if h < ctrl.dt_min or h <= 1e-14 * max(abs(t), 1.0):
+        raise RuntimeError(f"adaptive step size underflowed (h = {h:.3g} < dt_min = {ctrl.dt_min:g}) "
+                           f"at t = {t:.6g}; the problem may be stiff or singular there")
+
+
+def _progress_bar(progress, solver, adaptive, n, span):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    if not adaptive:
+        return tqdm(total=n, desc=f"solve[{solver.name}]", leave=False)
+    return tqdm(total=span, desc=f"solve[{solver.name}]", leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4g}/{total:.4g} [{elapsed}<{remaining}{postfix}]")
+
+
+def _advance(bar, adaptive, amount, nfe, accepted, rejected):
+    bar.update(amount)
+    if adaptive and accepted % 10 == 1:
+        bar.set_postfix_str(f"NFE {nfe}, {accepted} accepted, {rejected} rejected", refresh=False)
+
+
+def _save_plan(save_at, grid, t_start, t_end, direction):
+    """(indices of grid points to save, None) on a fixed grid; (None, ordered times) for an adaptive solve."""
+    if save_at is None:
+        return None, None
+    if grid is not None:
+        return _save_indices(save_at, grid), None
+    if isinstance(save_at, str):
+        raise ValueError("save_at='steps' is for fixed grids; give times for an adaptive solve")
+    times = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1).tolist()
+    if not all(math.isfinite(s) for s in times):
+        raise ValueError(f"save_at contains NaN/Inf: {save_at!r}")
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    if any(not (lo <= s <= hi) for s in times):
+        raise ValueError(f"save_at times must lie in [{lo:g}, {hi:g}]")
+    if any((b - a) * direction < 0 for a, b in zip(times, times[1:])):
+        raise ValueError("save_at times must be ordered in the direction of integration")
+    return None, times
 
 
 def _save_indices(save_at, grid):
-    if save_at is None:
-        return None
     if isinstance(save_at, str):
         if save_at != "steps":
             raise ValueError(f"save_at must be times or 'steps', got {save_at!r}")
@@ -310,97 +432,3 @@ def _initial_step(problem, solver, t0, x0, direction, ctrl, f0, span):
     k = (solver.order or 1.0)
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / k)
     return min(100 * h0, h1, span)
-
-
-def _solve_adaptive(problem, x0, solver, t0, t1, ts, dt, ctrl: PIController, save_at, progress):
-    if ts is not None or dt is not None:
-        raise ValueError("an adaptive solve takes t0, t1 and controller (not ts or dt)")
-    if t0 is None or t1 is None:
-        raise ValueError("an adaptive solve needs t0 and t1")
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
-        raise ValueError(f"t0 and t1 must be finite and differ, got {t0}, {t1}")
-    if not problem.is_ode:
-        raise ValueError("adaptive step-size control is implemented for ODEs; use a fixed grid for SDEs")
-    if not solver.adaptive:
-        from .solvers import REGISTRY
-
-        pairs = ", ".join(sorted(n for n, c in REGISTRY.items() if c.adaptive and not c.adaptive_lambda))
-        raise ValueError(f"solver {solver.name!r} has no embedded error estimate; adaptive solvers: {pairs}")
-    direction = 1.0 if t1 > t0 else -1.0
-    save_times = None
-    if save_at is not None:
-        if isinstance(save_at, str):
-            raise ValueError("save_at='steps' is for fixed grids; give times for an adaptive solve")
-        save_times = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1).tolist()
-        if not all(math.isfinite(s) for s in save_times):
-            raise ValueError(f"save_at contains NaN/Inf: {save_at!r}")
-        lo, hi = min(t0, t1), max(t0, t1)
-        if any(not (lo <= s <= hi) for s in save_times):
-            raise ValueError(f"save_at times must lie in [{lo:g}, {hi:g}]")
-        if any((b - a) * direction < 0 for a, b in zip(save_times, save_times[1:])):
-            raise ValueError("save_at times must be ordered in the direction of integration")
-    err_order = (solver.order or 1.0) - 1.0  # embedded estimate is one order lower
-    t, x = t0, x0
-    f0 = _FirstCallCheck(problem).drift(time_like(t0, x0), x0)
-    nfe = 1
-    state = f0
-    if ctrl.dt0 is not None:
-        h = abs(float(ctrl.dt0))
-    else:
-        h = _initial_step(problem, solver, t0, x0, direction, ctrl, f0, abs(t1 - t0))
-        nfe += 1
-    h = min(h, ctrl.dt_max)
-    saved, si = [], 0
-    while save_times is not None and si < len(save_times) and save_times[si] == t0:
-        saved.append(x0)
-        si += 1
-    accepted = rejected = 0
-    prev_ratio = 1.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=abs(t1 - t0), desc=f"solve[{solver.name}]", leave=False,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| t {n:.4g}/{total:.4g} [{elapsed}<{remaining}"
-                              "{postfix}]")
-    while (t1 - t) * direction > 0:
-        if accepted + rejected >= ctrl.max_steps:
-            raise RuntimeError(f"adaptive solve exceeded max_steps={ctrl.max_steps} at t = {t:.6g} "
-                               f"(step {h:.3g}); loosen rtol/atol or raise max_steps")
-        last = abs(t1 - t) <= h * (1 + 1e-12)
-        step = abs(t1 - t) if last else h
-        t_new = t1 if last else t + direction * step
-        x_new, new_state, err = solver.step(problem, t, t_new, x, None, state)
-        nfe += solver.evals_per_step
-        scale = ctrl.atol + ctrl.rtol * torch.maximum(x.abs(), x_new.abs())
-        ratio = _rms(err / scale)
-        if math.isfinite(ratio) and ratio <= 1.0:
-            while save_times is not None and si < len(save_times) and (t_new - save_times[si]) * direction >= 0:
-                s = save_times[si]
-                saved.append(x_new if s == t_new else solver.interpolate(s))
-                si += 1
-            if bar is not None:
-                bar.update(step)
-                if accepted % 10 == 0:
-                    bar.set_postfix_str(f"NFE {nfe}, {accepted + 1} accepted, {rejected} rejected", refresh=False)
-            t, x, state = t_new, x_new, new_state
-            accepted += 1
-            if not bool(torch.isfinite(x).all()):
-                _raise_nonfinite(accepted, t)
-            factor = ctrl.factor(ratio, prev_ratio, err_order)
-            prev_ratio = ratio
-        else:
-            rejected += 1  # x and its derivative (the state) stay as they were
-            factor = min(1.0, ctrl.factor(ratio, prev_ratio, err_order))
-        h = min(ctrl.dt_max, step * factor)
-        if h < ctrl.dt_min or h <= 1e-14 * max(abs(t), 1.0):
-            raise RuntimeError(f"adaptive step size underflowed (h = {h:.3g} < dt_min = {ctrl.dt_min:g}) "
-                               f"at t = {t:.6g}; the problem may be stiff or singular there")
-    if bar is not None:
-        bar.close()
-    stats = {"nfe": nfe, "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
-             "solver": solver.name}
-    if save_times is None:
-        return Solution(x=x, stats=stats)
-    return Solution(x=x, xs=torch.stack(saved), ts=torch.tensor(save_times, dtype=torch.float64), stats=stats)

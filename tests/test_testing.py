@@ -5,6 +5,7 @@ the exact-moment and counting helpers are exact; every python block of docs/test
 import math
 import pathlib
 import re
+from dataclasses import replace
 
 import hypothesis
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from sdekit import ODE, BrownianPath, solve
 from sdekit.analytic import reference_solve
-from sdekit.solvers import REGISTRY, ExplicitRK, Solver, Tableau
+from sdekit.solvers import REGISTRY, ExplicitRK, Solver, Step, Tableau
 from sdekit.solvers.ode import BOSH3, EULER, HEUN2, RK4
 from sdekit.solvers.sde import EulerMaruyama
 from sdekit.testing import (
@@ -48,8 +49,7 @@ def _main_order_keys(solver, caps):
     keys = ["ode/linear"] if ("ode" in caps and solver.order is not None) else []
     keys += [f"strong/{nt}" for nt in ("scalar", "diagonal", "additive", "general")
              if f"sde:{nt}" in caps and solver.strong_order_for(nt) is not None]
-    if isinstance(solver, DiffusionSampler) and "diffusion:ode" in caps and not getattr(solver, "adaptive_lambda",
-                                                                                            False):
+    if isinstance(solver, DiffusionSampler) and "diffusion:ode" in caps and solver.default_controller is None:
         keys += ["diffusion/vp", "diffusion/ddpm"]
     return keys
 
@@ -65,7 +65,7 @@ def test_registered_solver_conforms(name):
     if "diffusion:sde" in report.capabilities and not keys:  # stochastic samplers: moments and determinism
         assert {"diffusion_moments", "diffusion_determinism"} <= set(report.checks), report.summary()
         return
-    if solver.adaptive_lambda:
+    if solver.default_controller is not None:  # chooses its own steps
         assert "diffusion_determinism" in report.checks, report.summary()
         return
     assert keys and all(k in report.orders for k in keys), report.summary()
@@ -98,7 +98,7 @@ class LateDriftEM(EulerMaruyama):
         x1 = x0 + problem.drift(_t(t1), x0) * (t1 - t0)
         if noise is not None:
             x1 = x1 + problem.g_dw(problem.diffusion(_t(t0), x0), noise, x0)
-        return x1, None, None
+        return Step(x1)
 
 
 class NoiseScaledByDtEM(EulerMaruyama):
@@ -136,7 +136,7 @@ class LeakyAB2(Solver):
             hp, fp = self._prev
             x1 = x0 + h * ((1 + h / (2 * hp)) * f0 - h / (2 * hp) * fp)
         self._prev = (h, f0)
-        return x1, None, None
+        return Step(x1)
 
 
 class UnderdeclaredHeun(ExplicitRK):
@@ -167,8 +167,8 @@ class NanToNumEuler(ExplicitRK):
     tableau = EULER
 
     def step(self, problem, t0, t1, x0, noise, state):
-        x1, state, err = super().step(problem, t0, t1, x0, noise, state)
-        return torch.nan_to_num(x1), state, err
+        step = super().step(problem, t0, t1, x0, noise, state)
+        return replace(step, x1=torch.nan_to_num(step.x1))
 
 
 class Float64Euler(ExplicitRK):
@@ -179,8 +179,8 @@ class Float64Euler(ExplicitRK):
     tableau = EULER
 
     def step(self, problem, t0, t1, x0, noise, state):
-        x1, state, err = super().step(problem, t0, t1, x0, noise, state)
-        return x1.to(F64), state, err
+        step = super().step(problem, t0, t1, x0, noise, state)
+        return replace(step, x1=step.x1.to(F64))
 
 
 class AbsStepEuler(ExplicitRK):
@@ -191,7 +191,7 @@ class AbsStepEuler(ExplicitRK):
     tableau = EULER
 
     def step(self, problem, t0, t1, x0, noise, state):
-        return x0 + abs(t1 - t0) * problem.drift(_t(t0), x0), None, None
+        return Step(x0 + abs(t1 - t0) * problem.drift(_t(t0), x0))
 
 
 class MilsteinWithoutCorrection(EulerMaruyama):
@@ -348,8 +348,8 @@ def test_impulse_noise_layout_and_affinity_check():
 
     class SquaredNoiseEM(EulerMaruyama):  # adds ΔW²: not affine in the noise
         def step(self, problem, t0, t1, x0, noise, state):
-            x1, s, e = super().step(problem, t0, t1, x0, noise, state)
-            return x1 + noise * noise, s, e
+            step = super().step(problem, t0, t1, x0, noise, state)
+            return replace(step, x1=step.x1 + noise * noise)
 
     ou = P.ornstein_uhlenbeck()
     with pytest.raises(NotAffineError, match="not affine"):
@@ -460,9 +460,9 @@ class RoundedTimeDPMpp2M(DPMSolverPP2M):
 
     name = "dpmpp_2m_rounded"
 
-    def model_out(self, problem, st, x, t, kind):
+    def model_out(self, problem, x, t, kind):
         t_r = (round(t * 1000) / 1000) if t > 1e-3 else t
-        return super().model_out(problem, st, x, t_r, kind)
+        return super().model_out(problem, x, t_r, kind)
 
 
 class OverclaimedDPMpp2M(DPMSolverPP2M):
@@ -481,12 +481,12 @@ class LeakyDDIM(DDIM):
     name = "ddim_leaky"
     _memory = None
 
-    def _step(self, problem, t0, t1, x, z, st):
-        out = super()._step(problem, t0, t1, x, z, st)
+    def _step(self, ev, x, s, t, noise, st):
+        upd = super()._step(ev, x, s, t, noise, st)
         if self._memory is not None and st.k == 0:
-            out = out + 1e-3 * self._memory.mean()
-        self._memory = out.detach()
-        return out
+            upd.terms.append((1e-3, self._memory.mean().expand_as(x)))
+        self._memory = x.detach()
+        return upd
 
 
 @pytest.mark.parametrize(("solver", "check", "pattern"), [

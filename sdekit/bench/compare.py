@@ -48,7 +48,7 @@ def _kind(name: str) -> str | None:
     """``"deterministic"``/``"stochastic"`` for the comparison groups; None for solvers that choose their own
     steps (embedded pairs, the adaptive DPM-Solver: a budget does not apply) or cannot run a diffusion."""
     cls = REGISTRY[name]
-    if cls.adaptive or cls.adaptive_lambda:
+    if cls.adaptive:
         return None
     s = cls()
     if isinstance(s, DiffusionSampler):

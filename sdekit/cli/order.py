@@ -149,7 +149,7 @@ def _refusal(name: str, problem: str, kind: str) -> str | None:
                     "order use --problem linear)")
         if solver.noise_types:
             return f"{name!r} is a stochastic sampler; --problem pf-ode measures deterministic ones"
-        if solver.adaptive_lambda:
+        if solver.default_controller is not None:
             return f"{name!r} chooses its own steps; --problem pf-ode measures fixed-step samplers"
         return None
     if _is_sampler(cls):

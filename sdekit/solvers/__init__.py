@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import diffusion, ode, sde  # noqa: F401  (their classes register themselves)
-from .base import REGISTRY, Solver, register
+from .base import REGISTRY, Solver, Step, register
 from .diffusion import DiffusionSampler
 from .ode import ExplicitRK, Tableau
 
@@ -23,4 +23,4 @@ def get(name: str | Solver, **options) -> Solver:
     return cls(**options)
 
 
-__all__ = ["REGISTRY", "Solver", "DiffusionSampler", "ExplicitRK", "Tableau", "get", "register"]
+__all__ = ["REGISTRY", "Solver", "Step", "DiffusionSampler", "ExplicitRK", "Tableau", "get", "register"]

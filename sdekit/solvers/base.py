@@ -1,14 +1,39 @@
-"""The solver interface: declared orders, supported noise types, evaluations per step.
+"""The solver interface: declared orders, supported noise types, evaluations per step; the :class:`Step`.
 
-A solver advances ``x`` from ``t0`` to ``t1`` (either direction) in :meth:`Solver.step`; the one loop
-(:func:`sdekit.solve`) owns the time grid, the Brownian path, step-size control and statistics.
+A solver is stateless: :meth:`Solver.init` makes the state a solve carries between steps, and
+:meth:`Solver.step` advances ``x`` from ``t0`` to ``t1`` (either direction), returning a :class:`Step`. The one
+loop (:func:`sdekit.solve`) owns the time grid or step-size controller, the Brownian path, save-at and the
+statistics, and reads nothing from a solver but its declared metadata and the steps it returns (the design
+of diffrax's ``AbstractSolver.step``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass
+class Step:
+    """What one step of a solver returns.
+
+    Attributes:
+        x1: the state at ``t1``.
+        state: the solver state for the next step (e.g. a first-same-as-last derivative, a multistep history).
+            A solver never modifies the state it was given: after a rejected step the loop retries from it.
+        error: an embedded local error estimate in ``x1``'s shape (adaptive solvers), else None.
+        dense: whatever :meth:`Solver.interpolate` needs to evaluate the solution inside the step (e.g. the
+            Runge–Kutta stages), else None (linear interpolation).
+        nfe: drift (model) evaluations this step made; None means the declared ``evals_per_step``.
+    """
+
+    x1: torch.Tensor
+    state: Any = None
+    error: torch.Tensor | None = None
+    dense: Any = None
+    nfe: int | None = None
 
 
 class Solver:
@@ -22,6 +47,14 @@ class Solver:
         evals_per_step: drift (model) evaluations per step (FSAL reuse already subtracted).
         adaptive: whether :meth:`step` returns an embedded error estimate (usable with a controller).
         needs_levy_area: the step needs the space-time Lévy area of the Brownian increment.
+        step_variable: the variable an adaptive controller steps in: ``"t"`` (time) or ``"lambda"`` (the
+            log-SNR of a diffusion process: adaptive diffusion samplers).
+        default_controller: the :class:`~sdekit.solve.PIController` settings :func:`sdekit.sample` uses when the
+            caller gives no grid options (None: the solver runs on a fixed grid unless asked otherwise).
+        init_evals: evaluations a fixed-grid solve makes once, at its start (a first-same-as-last method's
+            first derivative); reported in the first step's ``nfe``.
+        noise_sampler: the step takes its noise as a :class:`~sdekit.brownian.StepNoise` (drawn on demand,
+            possibly more than once a step or inside a fused kernel) instead of the Brownian increment.
     """
 
     name: str = ""
@@ -32,12 +65,10 @@ class Solver:
     evals_per_step: int = 1
     adaptive: bool = False
     needs_levy_area: bool = False
-    #: the solver's init takes the whole time grid (``init(problem, t0, x0, grid=...)``): multistep samplers
-    wants_grid: bool = False
-    #: the solver chooses its own steps in log-SNR (``sample`` runs it; a fixed grid does not apply)
-    adaptive_lambda: bool = False
-    #: evaluations made once before the first step (a first-same-as-last method's first derivative)
+    step_variable: str = "t"
+    default_controller: dict | None = None
     init_evals: int = 0
+    noise_sampler: bool = False
     #: orders that differ on additive noise (e.g. Euler–Maruyama is strong order 1.0 there)
     additive_strong_order: float | None = None
     additive_weak_order: float | None = None
@@ -69,20 +100,30 @@ class Solver:
                 f"solver {self.name!r} cannot handle noise_type={nt!r}; it supports: {allowed}"
             )
 
-    def init(self, problem, t0: float, x0: torch.Tensor) -> Any:
-        """Solver state carried between steps (e.g. a first-same-as-last derivative)."""
+    def init(self, problem, t0: float, x0: torch.Tensor, grid: list[float] | None = None,
+             f0: torch.Tensor | None = None) -> Any:
+        """The state a solve carries between steps, made fresh for every solve.
+
+        ``grid`` is the whole fixed grid (Python floats; None for an adaptive solve): multistep samplers use
+        its length. ``f0`` is the drift at ``(t0, x0)`` when the loop has already evaluated it (an adaptive
+        solve does, for its first step size): a first-same-as-last method takes it as its first stage.
+        """
         return None
 
-    def count_nfe(self, state, n_steps: int) -> int:
-        """Model (drift) evaluations of a fixed-grid solve of ``n_steps`` that ended in ``state``."""
-        return n_steps * self.evals_per_step + self.init_evals
+    def step(self, problem, t0: float, t1: float, x0: torch.Tensor, noise, state) -> Step:
+        """One step from ``t0`` to ``t1``; returns a :class:`Step`.
 
-    def step(self, problem, t0: float, t1: float, x0: torch.Tensor, noise, state):
-        """One step. Returns ``(x1, state, error)``; ``error`` is an embedded error estimate or None.
-
-        ``noise`` is ``W(t1) - W(t0)`` (or ``(W, H)`` when :attr:`needs_levy_area`), None for ODEs.
+        ``noise`` is ``W(t1) - W(t0)`` (or ``(W, H)`` when :attr:`needs_levy_area`; a
+        :class:`~sdekit.brownian.StepNoise` when :attr:`noise_sampler`), None for ODEs.
         """
         raise NotImplementedError
+
+    def interpolate(self, t0: float, t1: float, x0: torch.Tensor, step: Step, t: float) -> torch.Tensor:
+        """The solution at ``t`` inside the step ``t0 -> t1`` from ``x0`` (dense output for ``save_at`` in an
+        adaptive solve). The default interpolates linearly (first order); methods with dense output override it
+        using ``step.dense``."""
+        theta = (t - t0) / (t1 - t0)
+        return x0 + theta * (step.x1 - x0)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

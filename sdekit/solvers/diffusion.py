@@ -3,25 +3,52 @@
 Each sampler is a :class:`~sdekit.solvers.base.Solver` stepping the probability-flow ODE (deterministic
 samplers) or the reverse SDE (stochastic samplers) of ``problem = (process, model)`` on a decreasing time
 grid; it calls the model through its exact parameterization conversions and works for every process.
-Notation of Lu et al. (2022): ``alpha``, ``sigma``, ``lambda_ = log(alpha/sigma)``, ``h = lambda_1 - lambda_0
-> 0`` toward data; ``D`` the data (x0) prediction, ``eps`` the noise prediction. A step's Gaussian ``z`` is the
-Brownian increment over the step divided by ``sqrt(|t1 - t0|)``.
 
-Multistep history lives in the solve's state (never on the sampler object), so every solve starts fresh.
+Notation of Lu et al. (2022): a step goes from ``s`` to ``t`` (:class:`Point`: the time with ``alpha``,
+``sigma`` and ``lambda_ = log(alpha/sigma)``), ``h = lambda_t - lambda_s > 0`` toward data; ``eps`` is the
+noise prediction, ``denoised`` (``D``) the data prediction. The update rules are module-level functions in
+that notation (as the DPM-Solver reference code's ``*_update`` functions), reused wherever a formula recurs:
+the adaptive pair and the DPM-Solver++(3M) warm-up call the singlestep updates. An update returns the new
+state as a linear combination (:class:`Update`: terms, plus the coefficient of the step's Gaussian ``z``),
+which every sampler hands to the same final ``combine``: PyTorch operations, or one fused kernel pass
+(``fused=True``) that, on fresh noise, draws ``z`` in registers.
+
+A step's Gaussian ``z`` is the Brownian increment over the step divided by ``sqrt(|t - s|)``. Multistep
+history lives in the solve's :class:`SamplerState` (never on the sampler object), so every solve starts fresh.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .base import Solver, register
+from .base import Solver, Step, register
 
 
 def _t(t: float) -> torch.Tensor:
     return torch.tensor(t, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A time with its coefficients as Python floats: ``alpha``, ``sigma``, ``lambda_ = log(alpha/sigma)``."""
+
+    t: float
+    alpha: float
+    sigma: float
+    lambda_: float
+
+
+@dataclass
+class Update:
+    """The end of a step as a linear combination: ``sum(c * y for c, y in terms) + noise * z`` (``z`` the
+    step's standard Gaussian). Coefficients are Python floats or tensors broadcastable to the state."""
+
+    terms: list
+    noise: float = 0.0
 
 
 @dataclass
@@ -29,31 +56,238 @@ class SamplerState:
     """What a diffusion sampler carries from step to step during one solve (nothing is stored on the sampler).
 
     Attributes:
-        n: number of steps of the grid (None when the grid is not known in advance).
+        n: number of steps of the grid (None when the grid is not known in advance: an adaptive solve).
         k: index of the current step.
-        nfe: model evaluations so far.
         hist: multistep history ``[(lambda_i, D_i), ...]``, newest last.
-        coef: ``t -> (alpha, sigma, lambda)`` as Python floats, computed once per grid time.
-        d_next: a model output at the next point already computed by this step (UniPC's corrector), or None.
+        coef: ``t -> Point``, computed once per time (a cache shared by the solve's states).
+        d_next: a model output at the current point already computed by the previous step (UniPC's corrector),
+            or None.
+        start_eval: the model output at the current point computed by a rejected attempt (the adaptive pair's
+            retry reuses it; it depends only on the step's start, so caching it here changes no result).
     """
 
     n: int | None = None
     k: int = 0
-    nfe: int = 0
     hist: list = field(default_factory=list)
     coef: dict = field(default_factory=dict)
     d_next: torch.Tensor | None = None
+    start_eval: torch.Tensor | None = None
 
 
+class Evaluations:
+    """The points and counted model evaluations of one step (the sampler's only access to the model)."""
+
+    __slots__ = ("sampler", "problem", "st", "nfe")
+
+    def __init__(self, sampler, problem, st: SamplerState):
+        self.sampler, self.problem, self.st, self.nfe = sampler, problem, st, 0
+
+    def point(self, t: float) -> Point:
+        """The coefficients at ``t`` as Python floats (cached per solve; host only, no GPU sync)."""
+        p = self.st.coef.get(t)
+        if p is None:
+            proc, tt = self.problem.process, _t(t)
+            p = Point(t, float(proc.alpha(tt)), float(proc.sigma(tt)), float(proc.log_snr(tt)))
+            self.st.coef[t] = p
+        return p
+
+    def point_at_lambda(self, lambda_: float) -> Point:
+        return self.point(float(self.problem.process.t_from_log_snr(_t(lambda_))))
+
+    def __call__(self, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
+        self.nfe += 1
+        return self.sampler.model_out(self.problem, x, p.t, kind)
+
+    def eps(self, x, p: Point):
+        return self(x, p, "eps")
+
+    def denoised(self, x, p: Point):
+        return self(x, p, "x0")
+
+    def score(self, x, p: Point):
+        return self(x, p, "score")
+
+
+def lin(terms) -> torch.Tensor:
+    """``sum(c * y)`` over ``terms`` with PyTorch operations (intermediate states of a step)."""
+    (c0, y0), *rest = terms
+    out = y0 * c0
+    for c, y in rest:
+        out = out.add(y, alpha=c) if not isinstance(c, torch.Tensor) else out + c * y
+    return out
+
+
+# ======================================================================================================
+# Update rules (Lu et al. 2022 notation; s -> t, h = lambda_t - lambda_s)
+# ======================================================================================================
+def ddim_update(x, s: Point, t: Point, denoised, eta: float) -> Update:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): ``x_t = alpha_t D + sqrt(sigma_t² - c²) eps + c z`` with
+    ``c = eta sigma_t sqrt(1 - e^{-2h})`` and ``eps = (x - alpha_s D)/sigma_s``."""
+    h = t.lambda_ - s.lambda_
+    c = 0.0 if eta == 0 else min(eta * t.sigma * math.sqrt(-math.expm1(-2 * h)), t.sigma)
+    k = math.sqrt(t.sigma * t.sigma - c * c)
+    return Update([(k / s.sigma, x), (t.alpha - k * s.alpha / s.sigma, denoised)], noise=c)
+
+
+def ddpm_update(x, s: Point, t: Point, denoised, variance: str) -> Update:
+    """Ho et al. (2020), Algorithm 2, for any step: the posterior ``q(x_t | x_s, x0 = D)`` with
+    ``a = alpha_s/alpha_t``, ``sigma_st² = sigma_s² - a² sigma_t²``; mean ``alpha_t sigma_st²/sigma_s² D +
+    a sigma_t²/sigma_s² x``; variance ``sigma_st² sigma_t²/sigma_s²`` (``"beta_tilde"``) or ``sigma_st²``
+    (``"beta"``)."""
+    a = s.alpha / t.alpha
+    var_st = s.sigma**2 - a * a * t.sigma**2
+    var = var_st * t.sigma**2 / s.sigma**2 if variance == "beta_tilde" else var_st
+    return Update([(t.alpha * var_st / s.sigma**2, denoised), (a * t.sigma**2 / s.sigma**2, x)],
+                  noise=math.sqrt(max(var, 0.0)))
+
+
+def dpm_solver_1_update(x, s: Point, t: Point, eps_s) -> Update:
+    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): ``x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s``."""
+    return Update([(t.alpha / s.alpha, x), (-t.sigma * math.expm1(t.lambda_ - s.lambda_), eps_s)])
+
+
+def dpm_solver_2_update(x, s: Point, t: Point, eps_s, ev: Evaluations, r1: float = 0.5, eps_s1=None):
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1): ``u = (alpha_s1/alpha_s) x - sigma_s1 (e^{r1 h} - 1) eps_s``
+    at ``lambda_s1 = lambda_s + r1 h``; ``x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s
+    - sigma_t/(2 r1) (e^h - 1) (eps(u, s1) - eps_s)``. Returns ``(Update, eps_s1)`` (the adaptive pair reuses it)."""
+    h = t.lambda_ - s.lambda_
+    if eps_s1 is None:
+        s1 = ev.point_at_lambda(s.lambda_ + r1 * h)
+        u = lin([(s1.alpha / s.alpha, x), (-s1.sigma * math.expm1(r1 * h), eps_s)])
+        eps_s1 = ev.eps(u, s1)
+    phi, k = math.expm1(h), t.sigma / (2 * r1) * math.expm1(h)
+    return Update([(t.alpha / s.alpha, x), (-t.sigma * phi + k, eps_s), (-k, eps_s1)]), eps_s1
+
+
+def dpm_solver_3_update(x, s: Point, t: Point, eps_s, ev: Evaluations, r1: float = 1 / 3, r2: float = 2 / 3,
+                        eps_s1=None) -> Update:
+    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2): intermediate points at ``lambda_s + r1 h`` and
+    ``lambda_s + r2 h``; ``x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s - sigma_t/r2 ((e^h - 1)/h - 1)
+    (eps_s2 - eps_s)``. ``eps_s1`` may come from a DPM-Solver-2 step with the same ``r1`` (the adaptive pair)."""
+    h = t.lambda_ - s.lambda_
+    s1, s2 = ev.point_at_lambda(s.lambda_ + r1 * h), ev.point_at_lambda(s.lambda_ + r2 * h)
+    if eps_s1 is None:
+        u1 = lin([(s1.alpha / s.alpha, x), (-s1.sigma * math.expm1(r1 * h), eps_s)])
+        eps_s1 = ev.eps(u1, s1)
+    d1 = eps_s1 - eps_s
+    u2 = lin([(s2.alpha / s.alpha, x), (-s2.sigma * math.expm1(r2 * h), eps_s),
+              (-s2.sigma * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1), d1)])
+    eps_s2 = ev.eps(u2, s2)
+    k = t.sigma / r2 * (math.expm1(h) / h - 1)
+    return Update([(t.alpha / s.alpha, x), (-t.sigma * math.expm1(h) + k, eps_s), (-k, eps_s2)])
+
+
+def dpmpp_2s_update(x, s: Point, t: Point, denoised_s, ev: Evaluations, r: float = 0.5) -> Update:
+    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1): ``u = (sigma_s1/sigma_s) x - alpha_s1 (e^{-r h} - 1) D_s``;
+    ``x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) D_s - alpha_t/(2r) (e^{-h} - 1) (D(u, s1) - D_s)``."""
+    h = t.lambda_ - s.lambda_
+    s1 = ev.point_at_lambda(s.lambda_ + r * h)
+    u = lin([(s1.sigma / s.sigma, x), (-s1.alpha * math.expm1(-r * h), denoised_s)])
+    denoised_s1 = ev.denoised(u, s1)
+    phi, k = math.expm1(-h), t.alpha / (2 * r) * math.expm1(-h)
+    return Update([(t.sigma / s.sigma, x), (-t.alpha * phi + k, denoised_s), (-k, denoised_s1)])
+
+
+def dpmpp_multistep_update(x, s: Point, t: Point, hist, order: int, taylor: bool) -> Update:
+    """DPM-Solver++ multistep (Lu et al. 2022b, Algorithm 2) of order 1–3 from the history
+    ``[(lambda_i, D_i)]`` (newest last, ``D_0 = hist[-1]`` at ``s``), with ``phi1 = e^{-h} - 1``:
+
+    - order 1 (DPM-Solver++(1), = DDIM): ``x_t = (sigma_t/sigma_s) x - alpha_t phi1 D_0``;
+    - order 2: ``... - ½ alpha_t phi1 (D_0 - D_-1)/r0`` with ``r0 = (lambda_s - lambda_-1)/h``;
+    - order 3: ``x_t = (sigma_t/sigma_s) x - alpha_t phi1 D_0 + alpha_t phi2 D1 - c alpha_t phi3 D2`` with
+      ``phi2 = phi1/h + 1``, ``phi3 = phi2/h - ½``, ``D1 = (1 + q) D1_0 - q D1_1``, ``D2 = (D1_0 - D1_1)/(r0 + r1)``,
+      ``q = r0/(r0 + r1)``, from the divided differences ``D1_0 = (D_0 - D_-1)/r0``, ``D1_1 = (D_-1 - D_-2)/r1``;
+      ``c = 2`` (``taylor``: the Taylor coefficient, third order) or ``c = 1`` (the reference code's, second order).
+    """
+    h = t.lambda_ - s.lambda_
+    phi1 = math.expm1(-h)
+    l0, d0 = hist[-1]
+    if order == 1:
+        return Update([(t.sigma / s.sigma, x), (-t.alpha * phi1, d0)])
+    lp1, dp1 = hist[-2]
+    r0 = (l0 - lp1) / h
+    if order == 2:
+        k0 = -0.5 * t.alpha * phi1
+        return Update([(t.sigma / s.sigma, x), (-t.alpha * phi1 + k0 / r0, d0), (-k0 / r0, dp1)])
+    lp2, dp2 = hist[-3]
+    r1 = (lp1 - lp2) / h
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    big_a, big_b = t.alpha * phi2, (2.0 if taylor else 1.0) * t.alpha * phi3
+    q = r0 / (r0 + r1)
+    # D1 and D2 expanded into (D_0, D_-1, D_-2)
+    k0 = big_a * (1 + q) - big_b / (r0 + r1)
+    k1 = -big_a * q + big_b / (r0 + r1)
+    return Update([(t.sigma / s.sigma, x), (-t.alpha * phi1 + k0 / r0, d0), (-k0 / r0 + k1 / r1, dp1),
+                   (-k1 / r1, dp2)])
+
+
+def dpmpp_2m_sde_update(x, s: Point, t: Point, hist, order: int) -> Update:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5, the "midpoint" form): ``x_t = (sigma_t/sigma_s) e^{-h} x +
+    alpha_t (1 - e^{-2h}) (D_0 + ½ D1) + sigma_t sqrt(1 - e^{-2h}) z`` with ``D1 = (D_0 - D_-1)/r``."""
+    h = t.lambda_ - s.lambda_
+    em2h = -math.expm1(-2 * h)  # 1 - e^{-2h}
+    cx, cz = t.sigma / s.sigma * math.exp(-h), t.sigma * math.sqrt(em2h)
+    l0, d0 = hist[-1]
+    if order < 2:
+        return Update([(cx, x), (t.alpha * em2h, d0)], noise=cz)
+    lp, dp = hist[-2]
+    k = 0.5 * t.alpha * em2h / ((l0 - lp) / h)
+    return Update([(cx, x), (t.alpha * em2h + k, d0), (-k, dp)], noise=cz)
+
+
+def unipc_coefficients(rks, hh: float, variant: str):
+    """UniPC (Zhao et al. 2023, Algorithm 1 / eq. 9): the system ``R(h) rho = g(h) / B(h)`` with rows
+    ``R_i = (r_1^{i-1}, ..., r_p^{i-1})`` and ``g_i = h phi_{i+1}(h) i!`` for the data prediction
+    (``hh = -h``), where ``h phi_1(h) = e^h - 1`` and ``phi_{k+1}(h) = (phi_k(h) - 1/k!)/h`` computed as the
+    running ``h_phi_k / hh - 1/(k+1)!``. ``B(h) = h`` (``"bh1"``) or ``e^h - 1`` (``"bh2"``). Returns
+    ``(R, g/B, h phi_1, B)``."""
+    p = len(rks)
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    fact = 1
+    rows, b = [], []
+    for i in range(1, p + 1):
+        rows.append([rk ** (i - 1) for rk in rks])
+        b.append(h_phi_k * fact / b_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    return torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), h_phi_1, b_h
+
+
+def edm_heun_update(xb, sb_hat: float, t: Point, denoised_hat, ev: Evaluations) -> Update:
+    """Karras et al. (2022), Algorithm 2, lines 5–8, in the scaled variables ``xbar = x/alpha``,
+    ``sigmabar = sigma/alpha``: Euler ``xbar' = xbar + (sigmabar_t - sigmabar_hat) d``, ``d = (xbar - D)/sigmabar``,
+    then Heun's correction with ``d'`` at ``t`` (skipped on a step to ``sigma = 0``). Returns ``x = alpha_t xbar'``."""
+    sb1 = t.sigma / t.alpha
+    d_cur = (xb - denoised_hat) / sb_hat
+    xb_next = xb + d_cur * (sb1 - sb_hat)
+    if sb1 == 0:
+        return Update([(t.alpha, xb_next)])
+    d_new = (xb_next - ev.denoised(xb_next * t.alpha, t)) / sb1
+    k = 0.5 * t.alpha * (sb1 - sb_hat)
+    return Update([(t.alpha, xb), (k, d_cur), (k, d_new)])
+
+
+# ======================================================================================================
+# The sampler base class
+# ======================================================================================================
 class DiffusionSampler(Solver):
     """Base class: a sampler that needs ``problem.model`` and ``problem.process`` (a PF-ODE or reverse SDE).
 
-    Subclasses implement ``_step(problem, t0, t1, x, z, st)`` with ``st`` the per-solve :class:`SamplerState`.
+    Subclasses implement ``_step(ev, x, s, t, noise, st) -> Update`` with ``ev`` the step's
+    :class:`Evaluations`, ``s``/``t`` the :class:`Point` s of the step and ``st`` the step's own copy of the
+    :class:`SamplerState` (the one passed in is never modified: a rejected adaptive step retries from it).
     """
 
-    wants_grid = True
     noise_types: tuple[str, ...] = ()
+    noise_sampler = True
     prediction = "x0"
+    #: route the step's final linear combination through sdekit.kernels.combine: False (plain PyTorch ops),
+    #: True (the Triton kernel; on CPU tensors only under TRITON_INTERPRET=1) or "auto" (Triton on CUDA
+    #: tensors when available). ``sample(..., fused=...)`` sets it on a copy of the sampler.
+    fused: bool | str = False
 
     def check(self, problem) -> None:
         if not (hasattr(problem, "model") and hasattr(problem, "process")):
@@ -67,80 +301,64 @@ class DiffusionSampler(Solver):
         if not self.noise_types and nt is not None:
             raise ValueError(f"sampler {self.name!r} is deterministic: solve the probability-flow ODE")
 
-    def init(self, problem, t0, x0, grid=None):
+    def with_fused(self, fused: bool | str) -> DiffusionSampler:
+        """A copy of this sampler whose steps end in the fused kernel (``True``, ``"auto"``) or not (``False``)."""
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
+        other = copy.copy(self)
+        other.fused = fused
+        return other
+
+    def init(self, problem, t0, x0, grid=None, f0=None):
         return SamplerState(n=(len(grid) - 1) if grid is not None else None)
 
-    def count_nfe(self, state, n_steps):
-        return state.nfe
-
-    # --- shared pieces -----------------------------------------------------------------------------------
-    @staticmethod
-    def coef(problem, st, t: float):
-        """(alpha, sigma, lambda_) at t as Python floats (cached per solve; CPU only, no GPU sync)."""
-        c = st.coef.get(t)
-        if c is None:
-            p, tt = problem.process, _t(t)
-            c = (float(p.alpha(tt)), float(p.sigma(tt)), float(p.log_snr(tt)))
-            st.coef[t] = c
-        return c
-
-    def data_step(self, problem, st, x, t0: float, t1: float, keep: int):
-        """Shared start of a data-prediction multistep step: the coefficients at both ends, D(x, t0) and the
-        history (lambda, D) with the newest entry appended, trimmed to ``keep`` entries."""
-        _, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        d0 = self.model_out(problem, st, x, t0, "x0")
-        hist = st.hist
-        hist.append((l0, d0))
-        del hist[:-keep]
-        return s0, l0, a1, s1, l1, d0, hist
-
-    @staticmethod
-    def t_of_lambda(problem, lam: float) -> float:
-        return float(problem.process.t_from_log_snr(_t(lam)))
-
-    @staticmethod
-    def model_out(problem, st, x, t: float, kind: str):
+    def model_out(self, problem, x, t: float, kind: str) -> torch.Tensor:
         """One model evaluation at ``t`` (errors get their step from the solve loop, which runs every step)."""
-        st.nfe += 1
         # float64 on the state's device (a fill, no copy): the model's schedule coefficients keep full
         # precision; a ScoreModel hands its network t in x's dtype
         t_dev = torch.full((), t, dtype=torch.float64, device=x.device)
         return problem.model.predict(x, t_dev, kind, **getattr(problem, "cond", {}))
 
-    #: route the step's final linear combination through sdekit.kernels.combine: False (plain PyTorch ops),
-    #: True (the Triton kernel; on CPU tensors only under TRITON_INTERPRET=1) or "auto" (Triton on CUDA
-    #: tensors when available). Set per call with ``sample(..., fused=...)``.
-    fused: bool | str = False
-
-    def lin(self, coeffs, tensors):
-        """``sum_i c_i y_i`` in one pass (fused) or as PyTorch ops; ``coeffs`` are Python floats."""
-        if self.fused is True or (self.fused == "auto" and tensors[0].is_cuda):
-            from ..kernels import combine
-
-            return combine(list(coeffs), list(tensors), backend="triton" if self.fused is True else "auto")
-        out = tensors[0] * coeffs[0]
-        for c, y in zip(coeffs[1:], tensors[1:]):
-            out = out.add(y, alpha=c)
-        return out
-
     def step(self, problem, t0, t1, x0, noise, state):
-        a1, s1, _ = self.coef(problem, state, t1)
-        if s1 == 0.0:
-            # a step onto sigma = 0 (lambda = inf): every first-order update here (DDIM, DPM-Solver(++)-1, the
-            # Euler step of EDM) lands exactly on alpha1 · D(x, t0); higher-order terms would divide by h = inf
-            d = state.d_next
-            d = d if d is not None else self.model_out(problem, state, x0, t0, "x0")
-            state.k += 1
-            return d * a1, state, None
-        z = None
-        if noise is not None:
-            z = noise / math.sqrt(abs(t1 - t0))
-        x1 = self._step(problem, t0, t1, x0, z, state)
-        state.k += 1
-        return x1, state, None
+        st = replace(state, hist=list(state.hist), start_eval=None)  # this step's own copy
+        ev = Evaluations(self, problem, st)
+        s, t = ev.point(t0), ev.point(t1)
+        if t.sigma == 0.0:
+            # a step onto sigma = 0 (lambda = inf): every first-order update (DDIM, DPM-Solver(++)-1, the Euler
+            # step of EDM) lands exactly on alpha_t · D(x, s); higher-order terms would divide by h = inf
+            upd = Update([(t.alpha, st.d_next if st.d_next is not None else ev.denoised(x0, s))])
+            st.d_next = None
+        else:
+            upd = self._step(ev, x0, s, t, noise, st)
+        st.k += 1
+        return Step(self.combine(upd, noise), state=st, nfe=ev.nfe)
 
-    def _step(self, problem, t0, t1, x, z, st):
+    def combine(self, upd: Update, noise) -> torch.Tensor:
+        """The step's final linear combination, with the noise term ``upd.noise · z``: PyTorch operations, or the
+        fused kernel (which, on fresh noise, draws ``z`` in registers from the step's Philox key)."""
+        terms = list(upd.terms)
+        use_kernel = self.fused is True or (self.fused == "auto" and terms[0][1].is_cuda)
+        if upd.noise != 0.0 and noise is None:
+            raise ValueError(f"sampler {self.name!r} needs noise for this step")
+        if not use_kernel:
+            if upd.noise != 0.0:
+                terms.append((upd.noise, noise.z()))
+            return lin(terms)
+        from ..kernels.combine import MAX_INPUTS, combine
+
+        seed = noise.kernel_seed() if upd.noise != 0.0 else None
+        if upd.noise != 0.0 and seed is None:
+            terms.append((upd.noise, noise.z()))  # a consistent Brownian path: its increment is materialised
+        if len(terms) > MAX_INPUTS:
+            head = len(terms) - MAX_INPUTS + 1
+            terms = [(1.0, lin(terms[:head]))] + terms[head:]
+        backend = "triton" if self.fused is True else "auto"
+        coeffs, tensors = [c for c, _ in terms], [y for _, y in terms]
+        if seed is not None:
+            return combine(coeffs, tensors, noise=upd.noise, seed=seed, backend=backend)
+        return combine(coeffs, tensors, backend=backend)
+
+    def _step(self, ev: Evaluations, x, s: Point, t: Point, noise, st: SamplerState) -> Update:
         raise NotImplementedError
 
     def __repr__(self):
@@ -148,7 +366,7 @@ class DiffusionSampler(Solver):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
 
 
-def _lower_order(st, order: int, lower_order_final: bool) -> int:
+def _lower_order(st: SamplerState, order: int, lower_order_final: bool) -> int:
     """Warm-up (first steps) and, for short runs (< 10 steps, as in DPM-Solver's reference), final steps
     at lower order."""
     k, n = st.k, st.n
@@ -158,15 +376,18 @@ def _lower_order(st, order: int, lower_order_final: bool) -> int:
     return max(order, 1)
 
 
+def _push(st: SamplerState, lambda_: float, denoised, keep: int):
+    """Append ``(lambda_, D)`` to the multistep history, keeping the newest ``keep`` entries."""
+    st.hist.append((lambda_, denoised))
+    del st.hist[:-keep]
+    return st.hist
+
+
 # --- DDPM, DDIM --------------------------------------------------------------------------------------------
 @register
 class DDPM(DiffusionSampler):
-    """Ancestral sampling of Ho et al. (2020), Algorithm 2, for any step t0 → t1: the Gaussian posterior
-    ``q(x_t1 | x_t0, x0 = D)`` with mean ``alpha1 s01²/sigma0² · D + a sigma1²/sigma0² · x`` where
-    ``a = alpha0/alpha1`` and ``s01² = sigma0² - a² sigma1²``; variance ``s01² sigma1²/sigma0²``
-    (``variance="beta_tilde"``, the posterior's) or ``s01²`` (``"beta"``, the forward step's). Weak order 1;
-    one evaluation per step.
-    """
+    """Ancestral sampling of Ho et al. (2020), Algorithm 2, for any step (:func:`ddpm_update`). Weak order 1;
+    one evaluation per step."""
 
     name = "ddpm"
     order = 1.0
@@ -179,24 +400,15 @@ class DDPM(DiffusionSampler):
             raise ValueError(f"unknown variance {variance!r}; allowed: 'beta_tilde', 'beta'")
         self.variance = variance
 
-    def _step(self, problem, t0, t1, x, z, st):
-        a0, s0, _ = self.coef(problem, st, t0)
-        a1, s1, _ = self.coef(problem, st, t1)
-        d = self.model_out(problem, st, x, t0, "x0")
-        a = a0 / a1
-        s01 = s0 * s0 - a * a * s1 * s1
-        mean = d * (a1 * s01 / s0**2) + x * (a * s1 * s1 / s0**2)
-        var = s01 * s1 * s1 / s0**2 if self.variance == "beta_tilde" else s01
-        return mean + math.sqrt(max(var, 0.0)) * z
+    def _step(self, ev, x, s, t, noise, st):
+        return ddpm_update(x, s, t, ev.denoised(x, s), self.variance)
 
 
 @register
 class DDIM(DiffusionSampler):
-    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any process:
-    ``x1 = alpha1 D + sqrt(sigma1² - s²) eps + s z`` with ``s = eta sigma1 sqrt(1 - e^{-2h})`` (the paper's
-    sigma_t(eta) written with the log-SNR step). ``eta = 0``: deterministic, order 1, identical to
-    DPM-Solver-1 and DPM-Solver++(1); ``eta = 1`` with fresh noise is DDPM's ancestral step (beta-tilde).
-    """
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any process (:func:`ddim_update`). ``eta = 0``: deterministic,
+    order 1, identical to DPM-Solver-1 and DPM-Solver++(1); ``eta = 1`` with fresh noise is DDPM's ancestral
+    step (beta-tilde)."""
 
     name = "ddim"
     order = 1.0
@@ -209,37 +421,27 @@ class DDIM(DiffusionSampler):
         self.eta = float(eta)
         self.noise_types = ("additive",) if self.eta > 0 else ()
 
-    def _step(self, problem, t0, t1, x, z, st):
-        a0, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        d = self.model_out(problem, st, x, t0, "x0")
-        # x1 = alpha1 D + c eps + s z with eps = (x - alpha0 D)/sigma0, as one combination of (x, D, z)
-        s = 0.0 if self.eta == 0 else min(self.eta * s1 * math.sqrt(-math.expm1(-2 * (l1 - l0))), s1)
-        c = math.sqrt(s1 * s1 - s * s)
-        if s == 0.0:
-            return self.lin((c / s0, a1 - c * a0 / s0), (x, d))
-        return self.lin((c / s0, a1 - c * a0 / s0, s), (x, d, z))
+    def _step(self, ev, x, s, t, noise, st):
+        return ddim_update(x, s, t, ev.denoised(x, s), self.eta)
 
 
 # --- DPM-Solver (noise prediction, singlestep) ---------------------------------------------------------
 @register
 class DPMSolver1(DiffusionSampler):
-    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7): ``x1 = (alpha1/alpha0) x - sigma1 (e^h - 1) eps``. Order 1."""
+    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7; :func:`dpm_solver_1_update`). Order 1, 1 evaluation per step."""
 
     name = "dpm_solver_1"
     order = 1.0
     evals_per_step = 1
 
-    def _step(self, problem, t0, t1, x, z, st):
-        a0, _, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        eps = self.model_out(problem, st, x, t0, "eps")
-        return self.lin((a1 / a0, -s1 * math.expm1(l1 - l0)), (x, eps))
+    def _step(self, ev, x, s, t, noise, st):
+        return dpm_solver_1_update(x, s, t, ev.eps(x, s))
 
 
 @register
 class DPMSolver2(DiffusionSampler):
-    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, ``r1 = 1/2``): singlestep, order 2, 2 evaluations per step."""
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, ``r1 = 1/2``; :func:`dpm_solver_2_update`): singlestep,
+    order 2, 2 evaluations per step."""
 
     name = "dpm_solver_2"
     order = 2.0
@@ -250,78 +452,100 @@ class DPMSolver2(DiffusionSampler):
             raise ValueError(f"r1 must lie in (0, 1), got {r1}")
         self.r1 = float(r1)
 
-    def _step(self, problem, t0, t1, x, z, st):
-        a0, _, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        h, r = l1 - l0, self.r1
-        ts = self.t_of_lambda(problem, l0 + r * h)
-        as_, ss, _ = self.coef(problem, st, ts)
-        e0 = self.model_out(problem, st, x, t0, "eps")
-        u = x * (as_ / a0) - e0 * (ss * math.expm1(r * h))
-        e1 = self.model_out(problem, st, u, ts, "eps")
-        return x * (a1 / a0) - e0 * (s1 * math.expm1(h)) - (e1 - e0) * (s1 / (2 * r) * math.expm1(h))
+    def _step(self, ev, x, s, t, noise, st):
+        return dpm_solver_2_update(x, s, t, ev.eps(x, s), ev, self.r1)[0]
 
 
 @register
 class DPMSolver3(DiffusionSampler):
-    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2, ``r1 = 1/3``, ``r2 = 2/3``): singlestep, order 3,
-    3 evaluations per step."""
+    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2, ``r1 = 1/3``, ``r2 = 2/3``; :func:`dpm_solver_3_update`):
+    singlestep, order 3, 3 evaluations per step."""
 
     name = "dpm_solver_3"
     order = 3.0
     evals_per_step = 3
 
-    def _step(self, problem, t0, t1, x, z, st):
-        r1, r2 = 1 / 3, 2 / 3
-        a0, _, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        h = l1 - l0
-        t_s1, t_s2 = self.t_of_lambda(problem, l0 + r1 * h), self.t_of_lambda(problem, l0 + r2 * h)
-        a_s1, s_s1, _ = self.coef(problem, st, t_s1)
-        a_s2, s_s2, _ = self.coef(problem, st, t_s2)
-        e0 = self.model_out(problem, st, x, t0, "eps")
-        u1 = x * (a_s1 / a0) - e0 * (s_s1 * math.expm1(r1 * h))
-        d1 = self.model_out(problem, st, u1, t_s1, "eps") - e0
-        u2 = (x * (a_s2 / a0) - e0 * (s_s2 * math.expm1(r2 * h))
-              - d1 * (s_s2 * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1)))
-        d2 = self.model_out(problem, st, u2, t_s2, "eps") - e0
-        return x * (a1 / a0) - e0 * (s1 * math.expm1(h)) - d2 * (s1 / r2 * (math.expm1(h) / h - 1))
+    def _step(self, ev, x, s, t, noise, st):
+        return dpm_solver_3_update(x, s, t, ev.eps(x, s), ev)
+
+
+@register
+class DPMSolverAdaptive(DiffusionSampler):
+    """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, §3.4, Algorithm 4) as an embedded pair: the order-``k``
+    singlestep update and the order-``k - 1`` one sharing its model evaluations (DPM-Solver-1 under -2;
+    DPM-Solver-2 with ``r1 = 1/3`` under -3); the error estimate is their difference. The one loop runs it
+    with a :class:`~sdekit.controllers.PIController` in lambda (log-SNR); by default DPM-Solver's
+    ``rtol = 0.05``, ``atol = 0.0078``, the per-sample RMS norm (maximum over the batch), ``h_init = 0.05``
+    and ``h <- 0.9 h E^{-1/k}``. Order ``k`` (2 or 3), ``k`` evaluations per attempt (the model output at a
+    step's start is kept across a rejected attempt). Through :func:`sdekit.sample` ``steps`` is ignored; give
+    ``rtol``, ``atol``, ``max_steps``, ``dt0`` (= ``h_init``), ``safety`` (= ``theta``). On a fixed grid it is
+    DPM-Solver-2 (order 2) or DPM-Solver-3 (order 3).
+    """
+
+    name = "dpm_solver_adaptive"
+    order = 3.0
+    evals_per_step = 3
+    adaptive = True
+    step_variable = "lambda"
+    # DPM-Solver's Algorithm 4 does not clip the step-size factor (a rejected over-long step is how it finds the
+    # scale of the first steps at large sigma, where both orders agree to round-off)
+    default_controller = {"rtol": 0.05, "atol": 0.0078, "norm": "max_rms", "dt0": 0.05, "safety": 0.9,
+                          "factor_min": 1e-4, "factor_max": math.inf, "max_steps": 10_000}
+
+    def __init__(self, order: int = 3):
+        if order not in (2, 3):
+            raise ValueError(f"adaptive DPM-Solver order must be 2 or 3, got {order!r}")
+        self.order = float(order)
+        self.evals_per_step = order
+
+    def _step(self, ev, x, s, t, noise, st):
+        raise AssertionError("unreachable: step() is overridden")
+
+    def step(self, problem, t0, t1, x0, noise, state):
+        st = replace(state, hist=[], k=state.k + 1, start_eval=None)
+        ev = Evaluations(self, problem, st)
+        s, t = ev.point(t0), ev.point(t1)
+        eps_s = state.start_eval
+        if eps_s is None:
+            eps_s = state.start_eval = ev.eps(x0, s)  # kept for a retry from this state (see SamplerState)
+        if t.sigma == 0.0:  # the last step onto sigma = 0, after the controlled part: DPM-Solver-1 is exact there
+            return Step(self.combine(Update([(t.alpha, (x0 - s.sigma * eps_s) / s.alpha)]), None), state=st,
+                        nfe=ev.nfe)
+        if self.order == 2:
+            low = dpm_solver_1_update(x0, s, t, eps_s)
+            high, _ = dpm_solver_2_update(x0, s, t, eps_s, ev, r1=0.5)
+        else:
+            low, eps_s1 = dpm_solver_2_update(x0, s, t, eps_s, ev, r1=1 / 3)
+            high = dpm_solver_3_update(x0, s, t, eps_s, ev, eps_s1=eps_s1)
+        x_high = self.combine(high, None)
+        return Step(x_high, state=st, error=x_high - lin(low.terms), nfe=ev.nfe)
 
 
 # --- DPM-Solver++ (data prediction) -------------------------------------------------------------------
 @register
 class DPMSolverPP2S(DiffusionSampler):
-    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, ``r = 1/2``): singlestep, order 2, 2 evaluations."""
+    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, ``r = 1/2``; :func:`dpmpp_2s_update`): singlestep,
+    order 2, 2 evaluations."""
 
     name = "dpmpp_2s"
     order = 2.0
     evals_per_step = 2
 
-    def _step(self, problem, t0, t1, x, z, st):
-        r = 0.5
-        _, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        h = l1 - l0
-        ts = self.t_of_lambda(problem, l0 + r * h)
-        as_, ss, _ = self.coef(problem, st, ts)
-        d0 = self.model_out(problem, st, x, t0, "x0")
-        u = x * (ss / s0) - d0 * (as_ * math.expm1(-r * h))
-        d1 = self.model_out(problem, st, u, ts, "x0")
-        return x * (s1 / s0) - d0 * (a1 * math.expm1(-h)) - (d1 - d0) * (a1 / (2 * r) * math.expm1(-h))
+    def _step(self, ev, x, s, t, noise, st):
+        return dpmpp_2s_update(x, s, t, ev.denoised(x, s), ev)
 
 
 class DPMSolverPPMultistep(DiffusionSampler):
     """DPM-Solver++ multistep of order 1–3 (Lu et al. 2022b, Algorithm 2; third order by the Taylor expansion
-    of the data prediction in lambda), one evaluation per step.
+    of the data prediction in lambda; :func:`dpmpp_multistep_update`), one evaluation per step.
 
-    ``variant``: ``"taylor"`` (default) uses ``x1 = (sigma1/sigma0) x - alpha1 phi1 D0 + alpha1 phi2 D1
-    - 2 alpha1 phi3 D2`` with ``D2 = (D1_0 - D1_1)/(r0 + r1) ≈ h² D''/2``, which is third order (measured: 3.1
-    on the analytic GMM). ``"reference"`` reproduces the DPM-Solver reference code and diffusers'
-    ``DPMSolverMultistepScheduler``, whose last term is ``- alpha1 phi3 D2``: half the Taylor coefficient, so
-    its local error is O(h³) and its global order is 2 (measured: 2.08). Both are identical for 2M.
-    Warm-up (``warmup``): ``"lower_order"`` (reference) starts at first order; ``"singlestep"`` takes the first
-    step with DPM-Solver++(2S) (one more evaluation). With ``lower_order_final`` runs of fewer than 10 steps
-    end at lower order (as in the reference code). Declared ``order`` is the measured global order.
+    ``variant``: ``"taylor"`` (default) is third order (measured: 3.1 on the analytic GMM). ``"reference"``
+    reproduces the DPM-Solver reference code and diffusers' ``DPMSolverMultistepScheduler``, whose last term
+    has half the Taylor coefficient, so its local error is O(h³) and its global order is 2 (measured: 2.08).
+    Both are identical for 2M. Warm-up (``warmup``): ``"lower_order"`` (reference) starts at first order;
+    ``"singlestep"`` takes the first step with DPM-Solver++(2S) (one more evaluation). With
+    ``lower_order_final`` runs of fewer than 10 steps end at lower order (as in the reference code). Declared
+    ``order`` is the measured global order.
     """
 
     evals_per_step = 1
@@ -341,36 +565,13 @@ class DPMSolverPPMultistep(DiffusionSampler):
         self.warmup, self.variant = warmup, variant
         self.order = float(self.max_order if (variant == "taylor" or self.max_order <= 2) else 2)
 
-    def _step(self, problem, t0, t1, x, z, st):
-        s0, l0, a1, s1, l1, d0, hist = self.data_step(problem, st, x, t0, t1, keep=3)
+    def _step(self, ev, x, s, t, noise, st):
+        denoised = ev.denoised(x, s)
+        hist = _push(st, s.lambda_, denoised, keep=3)
         order = _lower_order(st, self.max_order, self.lower_order_final)
-        h = l1 - l0
         if self.warmup == "singlestep" and st.k == 0 and self.max_order == 3 and order == 1:
-            ts = self.t_of_lambda(problem, l0 + 0.5 * h)  # DPM-Solver++(2S) start, r = 1/2
-            as_, ss, _ = self.coef(problem, st, ts)
-            u = x * (ss / s0) - d0 * (as_ * math.expm1(-0.5 * h))
-            d_mid = self.model_out(problem, st, u, ts, "x0")
-            return x * (s1 / s0) - d0 * (a1 * math.expm1(-h)) - (d_mid - d0) * (a1 * math.expm1(-h))
-        phi1 = math.expm1(-h)
-        if order == 1:
-            return self.lin((s1 / s0, -a1 * phi1), (x, d0))
-        lp1, dp1 = hist[-2]
-        r0 = (l0 - lp1) / h
-        if order == 2:  # x1 = (s1/s0) x - a1 phi1 D0 - ½ a1 phi1 (D0 - D_-1)/r0
-            k0 = -0.5 * a1 * phi1
-            return self.lin((s1 / s0, -a1 * phi1 + k0 / r0, -k0 / r0), (x, d0, dp1))
-        # third order: D1 = (1 + q) D1_0 - q D1_1, D2 = (D1_0 - D1_1)/(r0 + r1), q = r0/(r0 + r1), with the
-        # divided differences D1_0 = (D0 - D_-1)/r0, D1_1 = (D_-1 - D_-2)/r1 expanded into (x, D0, D_-1, D_-2)
-        lp2, dp2 = hist[-3]
-        r1 = (lp1 - lp2) / h
-        phi2 = phi1 / h + 1
-        phi3 = phi2 / h - 0.5
-        big_a = a1 * phi2
-        big_b = (2.0 if self.variant == "taylor" else 1.0) * a1 * phi3
-        q = r0 / (r0 + r1)
-        k0 = big_a * (1 + q) - big_b / (r0 + r1)
-        k1 = -big_a * q + big_b / (r0 + r1)
-        return self.lin((s1 / s0, -a1 * phi1 + k0 / r0, -k0 / r0 + k1 / r1, -k1 / r1), (x, d0, dp1, dp2))
+            return dpmpp_2s_update(x, s, t, denoised, ev)
+        return dpmpp_multistep_update(x, s, t, hist, order, taylor=self.variant == "taylor")
 
 
 @register
@@ -391,12 +592,10 @@ class DPMSolverPP3M(DPMSolverPPMultistep):
 
 @register
 class DPMSolverPP2MSDE(DiffusionSampler):
-    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5; the "midpoint" form used by the reference
-    implementations): exact in the linear part of the reverse SDE in data prediction,
-    ``x1 = (sigma1/sigma0) e^{-h} x + alpha1 (1 - e^{-2h}) (D0 + ½ D1) + sigma1 sqrt(1 - e^{-2h}) z`` with
-    ``D1 = (D0 - D_prev)/r``; the first step is first order. One evaluation per step. Declared weak order 2:
-    measured exactly (no Monte-Carlo) on Gaussian data, where the linear part and its noise are integrated
-    exactly and the data prediction is extrapolated to second order.
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5; :func:`dpmpp_2m_sde_update`): exact in the linear part of the
+    reverse SDE in data prediction; the first step is first order. One evaluation per step. Declared weak
+    order 2: measured exactly (no Monte-Carlo) on Gaussian data, where the linear part and its noise are
+    integrated exactly and the data prediction is extrapolated to second order.
     """
 
     name = "dpmpp_2m_sde"
@@ -408,26 +607,20 @@ class DPMSolverPP2MSDE(DiffusionSampler):
     def __init__(self, lower_order_final: bool = True):
         self.lower_order_final = bool(lower_order_final)
 
-    def _step(self, problem, t0, t1, x, z, st):
-        s0, l0, a1, s1, l1, d0, hist = self.data_step(problem, st, x, t0, t1, keep=2)
-        h = l1 - l0
-        em2h = -math.expm1(-2 * h)  # 1 - e^{-2h}
-        cx, cz = s1 / s0 * math.exp(-h), s1 * math.sqrt(em2h)
-        if _lower_order(st, 2, self.lower_order_final) >= 2:
-            lp, dp = hist[-2]
-            k = 0.5 * a1 * em2h / ((l0 - lp) / h)
-            return self.lin((cx, a1 * em2h + k, -k, cz), (x, d0, dp, z))
-        return self.lin((cx, a1 * em2h, cz), (x, d0, z))
+    def _step(self, ev, x, s, t, noise, st):
+        hist = _push(st, s.lambda_, ev.denoised(x, s), keep=2)
+        return dpmpp_2m_sde_update(x, s, t, hist, _lower_order(st, 2, self.lower_order_final))
 
 
 # --- UniPC ----------------------------------------------------------------------------------------------
 @register
 class UniPC(DiffusionSampler):
     """UniPC (Zhao et al. 2023): the unified predictor UniP-p plus the corrector UniC on data prediction,
-    with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``). The corrector reuses the
-    model evaluation at the new point as the next step's history (one evaluation per step); the last step
-    is not corrected (it would cost an extra evaluation). Declared order ``min(order + 1, 3)``: UniC raises
-    UniP-p's order by one (the paper's Theorem 3.1), and the lower-order warm-up step caps the global order at 3.
+    with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``); coefficients from
+    :func:`unipc_coefficients`. The corrector reuses the model evaluation at the new point as the next step's
+    history (one evaluation per step); the last step is not corrected (it would cost an extra evaluation).
+    Declared order ``min(order + 1, 3)``: UniC raises UniP-p's order by one (the paper's Theorem 3.1), and the
+    lower-order warm-up step caps the global order at 3.
     """
 
     name = "unipc"
@@ -444,68 +637,44 @@ class UniPC(DiffusionSampler):
         # which caps the global order at 3.
         self.order = float(min(order + 1, 3))
 
-    def init(self, problem, t0, x0, grid=None):
-        st = super().init(problem, t0, x0, grid)
-        st.d_next = None  # model output at the current point, from the last corrector
-        return st
-
-    def _coefficients(self, rks, hh):
-        """rhos of the predictor (first p-1 entries used) and corrector, from R(h) rho = b(h)."""
-        p = len(rks)
-        h_phi_1 = math.expm1(hh)
-        h_phi_k = h_phi_1 / hh - 1
-        b_h = hh if self.variant == "bh1" else math.expm1(hh)
-        fact = 1
-        rows, b = [], []
-        for i in range(1, p + 1):
-            rows.append([rk ** (i - 1) for rk in rks])
-            b.append(h_phi_k * fact / b_h)
-            fact *= i + 1
-            h_phi_k = h_phi_k / hh - 1 / fact
-        return torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), h_phi_1, b_h
-
-    def _step(self, problem, t0, t1, x, z, st):
-        _, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        d0 = st.d_next if st.d_next is not None else self.model_out(problem, st, x, t0, "x0")
-        hist = st.hist
-        hist.append((l0, d0))
-        del hist[:-3]
+    def _step(self, ev, x, s, t, noise, st):
+        d0 = st.d_next if st.d_next is not None else ev.denoised(x, s)
+        st.d_next = None
+        hist = _push(st, s.lambda_, d0, keep=3)
         order = _lower_order(st, self.unipc_order, self.lower_order_final)
-        h = l1 - l0
-        hh = -h  # data prediction
+        h = t.lambda_ - s.lambda_
         rks, d1s = [], []
         for i in range(1, order):
             li, di = hist[-(i + 1)]
-            rk = (li - l0) / h
+            rk = (li - s.lambda_) / h
             rks.append(rk)
             d1s.append((di - d0) / rk)
         rks.append(1.0)
-        r_mat, b, h_phi_1, b_h = self._coefficients(rks, hh)
-        x_lin = x * (s1 / s0) - d0 * (a1 * h_phi_1)
-        pred = x_lin
-        if d1s:
-            rhos_p = [0.5] if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1]).tolist()
-            res = sum(r * d for r, d in zip(rhos_p, d1s))
-            pred = x_lin - res * (a1 * b_h)
-        last = st.n is not None and st.k == st.n - 1
-        if last:
-            st.d_next = None
-            return pred
-        d_t = self.model_out(problem, st, pred, t1, "x0")
-        st.d_next = d_t
+        r_mat, b, h_phi_1, b_h = unipc_coefficients(rks, -h, self.variant)
+        base = [(t.sigma / s.sigma, x), (-t.alpha * h_phi_1, d0)]  # x_t of DPM-Solver++(1)
+        # With one earlier point the 1x1 systems R rho = b have the closed-form solution rho = 1/2 used by the
+        # paper's reference implementation (UniP-2 and UniC-1 with B(h) = e^h - 1 and B(h) = h alike): their
+        # exact solution b_1 = h phi_2(h) / B(h) tends to 1/2 as h -> 0 and the difference is O(h), which keeps
+        # the order; diffusers does the same.
+        rhos_p = [] if not d1s else ([0.5] if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b[:-1]).tolist())
+        pred = base + [(-rho * t.alpha * b_h, d) for rho, d in zip(rhos_p, d1s)]
+        if st.k == (st.n or 0) - 1:  # the last step is not corrected
+            return Update(pred)
+        st.d_next = d_t = ev.denoised(lin(pred), t)
         rhos_c = [0.5] if order == 1 else torch.linalg.solve(r_mat, b).tolist()
-        corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
-        return x_lin - (corr + (d_t - d0) * rhos_c[-1]) * (a1 * b_h)
+        # UniC: x_t = x_lin - alpha_t B(h) (sum_k rho_k D1_k + rho_p (D_t - D_0)), D_t - D_0 expanded
+        k = -rhos_c[-1] * t.alpha * b_h
+        corr = [(-rho * t.alpha * b_h, d) for rho, d in zip(rhos_c[:-1], d1s)]
+        return Update([base[0], (base[1][0] - k, d0)] + corr + [(k, d_t)])
 
 
 # --- EDM ------------------------------------------------------------------------------------------------
 @register
 class EDMHeun(DiffusionSampler):
     """Karras et al. (2022), Algorithm 2: Heun's method on ``dxbar/dsigmabar = (xbar - D)/sigmabar`` in the
-    scaled variables ``xbar = x/alpha``, ``sigmabar = sigma/alpha = e^{-lambda}``, with optional churn
-    (``S_churn``, ``S_min``, ``S_max``, ``S_noise``). Deterministic (``S_churn = 0``): order 2, 2 evaluations
-    per step (1 on a step to sigma = 0). With churn it is stochastic.
+    scaled variables ``xbar = x/alpha``, ``sigmabar = sigma/alpha = e^{-lambda}`` (:func:`edm_heun_update`),
+    with optional churn (``S_churn``, ``S_min``, ``S_max``, ``S_noise``). Deterministic (``S_churn = 0``):
+    order 2, 2 evaluations per step (1 on a step to sigma = 0). With churn it is stochastic.
     """
 
     name = "edm_heun"
@@ -518,40 +687,32 @@ class EDMHeun(DiffusionSampler):
         self.S_churn, self.S_min, self.S_max, self.S_noise = float(S_churn), float(S_min), float(S_max), float(S_noise)
         self.noise_types = ("additive",) if self.S_churn > 0 else ()
 
-    def _step(self, problem, t0, t1, x, z, st):
-        a0, s0, l0 = self.coef(problem, st, t0)
-        a1, s1, l1 = self.coef(problem, st, t1)
-        sb0, sb1 = s0 / a0, s1 / a1
-        xb = x / a0
-        t_hat, sb_hat = t0, sb0
-        if self.S_churn > 0 and self.S_min <= sb0 <= self.S_max:
+    def _step(self, ev, x, s, t, noise, st):
+        sb0 = s.sigma / s.alpha
+        xb, hat, sb_hat = x / s.alpha, s, sb0
+        if self.S_churn > 0 and self.S_min <= sb0 <= self.S_max:  # Algorithm 2, lines 4-5: raise the noise level
+            if st.n is None:
+                raise ValueError("EDM churn (S_churn / steps) needs a fixed grid")
             gamma = min(self.S_churn / st.n, math.sqrt(2) - 1)
-            lam_hat = -math.log(sb0 * (1 + gamma))
-            lam_hat = max(lam_hat, float(problem.process.log_snr(_t(problem.process.t_max))))
-            t_hat = self.t_of_lambda(problem, lam_hat)
-            a_h, s_h, _ = self.coef(problem, st, t_hat)
-            sb_hat = s_h / a_h
-            xb = xb + z * (math.sqrt(max(sb_hat**2 - sb0**2, 0.0)) * self.S_noise)
-        a_h = self.coef(problem, st, t_hat)[0]
-        d_cur = (xb - self.model_out(problem, st, xb * a_h, t_hat, "x0")) / sb_hat
-        xb_next = xb + d_cur * (sb1 - sb_hat)
-        if sb1 > 0:
-            d_new = (xb_next - self.model_out(problem, st, xb_next * a1, t1, "x0")) / sb1
-            xb_next = xb + (d_cur + d_new) * (0.5 * (sb1 - sb_hat))
-        return xb_next * a1
+            proc = ev.problem.process
+            lam_hat = max(-math.log(sb0 * (1 + gamma)), float(proc.log_snr(_t(proc.t_max))))
+            hat = ev.point_at_lambda(lam_hat)
+            sb_hat = hat.sigma / hat.alpha
+            xb = xb + noise.z() * (math.sqrt(max(sb_hat**2 - sb0**2, 0.0)) * self.S_noise)
+        return edm_heun_update(xb, sb_hat, t, ev.denoised(xb * hat.alpha, hat), ev)
 
 
 # --- predictor–corrector ------------------------------------------------------------------------------
 @register
 class PredictorCorrector(DiffusionSampler):
     """Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3). Predictor: reverse diffusion
-    (``x1 = a⁻¹... `` written for any process as ``x1 = x - (a - 1) x + G² score + G z`` with the forward
-    step ``x_t0 = a x_t1 + G xi``, ``a = alpha0/alpha1``, ``G² = sigma0² - a² sigma1²``; for VP this is
-    score_sde's ReverseDiffusionPredictor) or Euler–Maruyama on the reverse SDE. Corrector:
-    ``n_corrector_steps`` Langevin steps at ``t1`` of size ``2 a_i (snr ||z|| / ||score||)²`` (norms averaged
-    over the batch; ``a_i = (alpha1/alpha0)²``, i.e. 1 - beta_i for VP, and 1 when alpha is constant).
-    Weak order 1; ``1 + n_corrector_steps`` evaluations per step. The corrector's noise comes from a
-    generator seeded by the step's own Gaussian, so runs are reproducible from the sampling seed.
+    (``x_t = x - (a - 1) x + G² score + G z`` with the forward step ``x_s = a x_t + G xi``, ``a = alpha_s/alpha_t``,
+    ``G² = sigma_s² - a² sigma_t²``; for VP this is score_sde's ReverseDiffusionPredictor) or Euler–Maruyama
+    on the reverse SDE. Corrector: ``n_corrector_steps`` Langevin steps at ``t`` of size
+    ``2 a_i (snr ||xi|| / ||score||)²`` (norms averaged over the batch; ``a_i = (alpha_t/alpha_s)²``, i.e.
+    1 - beta_i for VP, and 1 when alpha is constant), each with a fresh Gaussian ``xi`` drawn from the solve's
+    noise source (:meth:`~sdekit.brownian.StepNoise.extra`). Weak order 1; ``1 + n_corrector_steps``
+    evaluations per step.
     """
 
     name = "pc"
@@ -569,115 +730,23 @@ class PredictorCorrector(DiffusionSampler):
         self.predictor, self.snr, self.n_corrector_steps = predictor, float(snr), n_corrector_steps
         self.evals_per_step = 1 + n_corrector_steps
 
-    def _step(self, problem, t0, t1, x, z, st):
-        p = problem.process
-        a0, s0, _ = self.coef(problem, st, t0)
-        a1, s1, _ = self.coef(problem, st, t1)
-        score = self.model_out(problem, st, x, t0, "score")
+    def _predictor(self, ev, x, s, t, score) -> Update:
         if self.predictor == "euler_maruyama":
-            h, f, g2 = t1 - t0, float(p.f(_t(t0))), float(p.g2(_t(t0)))
-            x = x + (x * f - score * g2) * h + z * math.sqrt(abs(h) * g2)
-        else:
-            a = a0 / a1
-            g2 = max(s0 * s0 - a * a * s1 * s1, 0.0)
-            x = x - x * (a - 1) + score * g2 + z * math.sqrt(g2)
-        if self.n_corrector_steps:
-            seed = int(torch.randint(0, 2**62, (1,), generator=_seeded(z, st.k)).item())
-            gen = torch.Generator(device=x.device).manual_seed(seed)
-            alpha_i = (a1 / a0) ** 2
-            for _ in range(self.n_corrector_steps):
-                grad = self.model_out(problem, st, x, t1, "score")
-                noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-                g_norm = grad.reshape(grad.shape[0], -1).norm(dim=-1).mean()
-                n_norm = noise.reshape(noise.shape[0], -1).norm(dim=-1).mean()
-                step = 2 * alpha_i * (self.snr * n_norm / g_norm) ** 2
-                x = x + step * grad + torch.sqrt(2 * step) * noise
-        return x
+            proc = ev.problem.process
+            h, f, g2 = t.t - s.t, float(proc.f(_t(s.t))), float(proc.g2(_t(s.t)))
+            return Update([(1 + f * h, x), (-g2 * h, score)], noise=math.sqrt(abs(h) * g2))
+        a = s.alpha / t.alpha
+        g2 = max(s.sigma**2 - a * a * t.sigma**2, 0.0)
+        return Update([(2 - a, x), (g2, score)], noise=math.sqrt(g2))
 
-
-def _seeded(z: torch.Tensor, k: int) -> torch.Generator:
-    """A CPU generator keyed on the bits of the step's first Gaussian value and the step index."""
-    bits = int(z.reshape(-1)[:1].double().cpu().view(torch.int64)) & ((1 << 62) - 1)
-    return torch.Generator().manual_seed(bits ^ (k * 0x9E3779B97F4A7C15 & ((1 << 62) - 1)))
-
-
-@register
-class DPMSolverAdaptive(DiffusionSampler):
-    """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, Algorithm 4): steps in lambda, the error between the
-    order-``k - 1`` and order-``k`` updates (sharing their model evaluations) measured as
-    ``max over samples of RMS((x_high - x_low) / max(atol, rtol · max(|x_low|, |x_prev|)))``; accept when
-    ``E <= 1``; ``h <- min(theta h E^{-1/k}, lambda_end - lambda)``. Run through :func:`sdekit.sample`
-    (``steps`` is ignored; ``rtol``, ``atol``, ``order`` (2 or 3), ``h_init``, ``theta``, ``max_steps``).
-    """
-
-    name = "dpm_solver_adaptive"
-    evals_per_step = 2  # per attempt (order 2); 3 for order 3
-    adaptive_lambda = True
-
-    def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
-                 theta: float = 0.9, max_steps: int = 10_000):
-        if order not in (2, 3):
-            raise ValueError(f"adaptive DPM-Solver order must be 2 or 3, got {order!r}")
-        if not (rtol >= 0 and atol >= 0 and rtol + atol > 0):
-            raise ValueError(f"need rtol >= 0, atol >= 0, not both 0; got rtol={rtol}, atol={atol}")
-        self.order = float(order)
-        self.adaptive_order, self.rtol, self.atol = order, float(rtol), float(atol)
-        self.h_init, self.theta, self.max_steps = float(h_init), float(theta), int(max_steps)
-        self.evals_per_step = order
-
-    def _step(self, problem, t0, t1, x, z, st):
-        raise ValueError("dpm_solver_adaptive chooses its own steps: run it through sdekit.sample(...)")
-
-    def run(self, problem, x: torch.Tensor, t_start: float, t_end: float):
-        st = self.init(problem, t_start, x)
-        l_end = self.coef(problem, st, t_end)[2]
-        s, h = t_start, self.h_init
-        accepted = rejected = 0
-        e0 = None
-        lower = DPMSolver1() if self.adaptive_order == 2 else None
-        while abs(s - t_end) > 1e-5 * max(1.0, abs(t_end)):
-            if accepted + rejected >= self.max_steps:
-                raise RuntimeError(f"dpm_solver_adaptive exceeded max_steps={self.max_steps} at t = {s:.6g}")
-            a0, _, l0 = self.coef(problem, st, s)
-            h = min(h, l_end - l0)
-            t = t_end if h >= l_end - l0 - 1e-12 else self.t_of_lambda(problem, l0 + h)
-            if e0 is None:
-                e0 = self.model_out(problem, st, x, s, "eps")
-            a1, s1, l1 = self.coef(problem, st, t)
-            hh = l1 - l0
-            if self.adaptive_order == 2:
-                ts = self.t_of_lambda(problem, l0 + 0.5 * hh)
-                as_, ss, _ = self.coef(problem, st, ts)
-                x_low = x * (a1 / a0) - e0 * (s1 * math.expm1(hh))
-                u = x * (as_ / a0) - e0 * (ss * math.expm1(0.5 * hh))
-                e1 = self.model_out(problem, st, u, ts, "eps")
-                x_high = x_low - (e1 - e0) * (s1 * math.expm1(hh))
-            else:
-                r1, r2 = 1 / 3, 2 / 3
-                t_s1, t_s2 = self.t_of_lambda(problem, l0 + r1 * hh), self.t_of_lambda(problem, l0 + r2 * hh)
-                a_s1, s_s1, _ = self.coef(problem, st, t_s1)
-                a_s2, s_s2, _ = self.coef(problem, st, t_s2)
-                u1 = x * (a_s1 / a0) - e0 * (s_s1 * math.expm1(r1 * hh))
-                d1 = self.model_out(problem, st, u1, t_s1, "eps") - e0
-                base = x * (a1 / a0) - e0 * (s1 * math.expm1(hh))
-                x_low = base - d1 * (s1 / (2 * r1) * math.expm1(hh))  # DPM-Solver-2 with r1 = 1/3
-                u2 = (x * (a_s2 / a0) - e0 * (s_s2 * math.expm1(r2 * hh))
-                      - d1 * (s_s2 * r2 / r1 * (math.expm1(r2 * hh) / (r2 * hh) - 1)))
-                d2 = self.model_out(problem, st, u2, t_s2, "eps") - e0
-                x_high = base - d2 * (s1 / r2 * (math.expm1(hh) / hh - 1))
-            delta = torch.clamp(self.rtol * torch.maximum(x_low.abs(), x.abs()), min=self.atol)
-            err = ((x_high - x_low) / delta).reshape(x.shape[0], -1).pow(2).mean(-1).sqrt().max()
-            e = float(err)
-            if e <= 1.0:
-                x, s, e0 = x_high, t, None
-                accepted += 1
-            else:
-                rejected += 1
-            remaining = l_end - self.coef(problem, st, s)[2]
-            h = min(self.theta * hh * max(e, 1e-10) ** (-1.0 / self.adaptive_order), remaining)
-            if h <= 1e-12:
-                h = l_end - self.coef(problem, st, s)[2]
-        del lower
-        return x, {"nfe": st.nfe, "n_steps": accepted + rejected, "n_accepted": accepted, "n_rejected": rejected,
-                   "solver": self.name}
-
+    def _step(self, ev, x, s, t, noise, st):
+        upd = self._predictor(ev, x, s, t, ev.score(x, s))
+        alpha_i = (t.alpha / s.alpha) ** 2
+        for _ in range(self.n_corrector_steps):
+            x = lin(upd.terms + [(upd.noise, noise.z())]) if upd.noise else lin(upd.terms)
+            grad, xi = ev.score(x, t), noise.extra()
+            g_norm = grad.reshape(grad.shape[0], -1).norm(dim=-1).mean()
+            n_norm = xi.reshape(xi.shape[0], -1).norm(dim=-1).mean()
+            eps = 2 * alpha_i * (self.snr * n_norm / g_norm) ** 2
+            upd = Update([(1.0, x), (eps, grad), (torch.sqrt(2 * eps), xi)])
+        return upd

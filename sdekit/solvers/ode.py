@@ -3,8 +3,8 @@
 Each tableau is data: nodes ``c``, matrix ``a`` (strictly lower triangular), weights ``b`` and, for
 embedded pairs, the error weights ``b - b̂``. First-same-as-last (FSAL) tableaux reuse their last stage as
 the next step's first. Coefficients from Hairer, Nørsett & Wanner, *Solving ODEs I* (Euler, midpoint,
-Heun, Ralston, RK4), Bogacki & Shampine 1989 (Bosh3), Dormand & Prince 1980 (Dopri5) with its dense
-output of Hairer's ``DOPRI5`` code (order 4), and Tsitouras 2011 (Tsit5).
+Heun, Ralston, RK4), Bogacki & Shampine 1989 (Bosh3), and Dormand & Prince 1980 (Dopri5) with the dense
+output of Hairer's ``DOPRI5`` code (order 4).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .._utils import time_like
-from .base import Solver, register
+from .base import Solver, Step, register
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,26 @@ class Tableau:
     fsal: bool = False
 
     def __post_init__(self):
+        """Validate the tableau: shapes, row sums ``sum_j a_ij = c_i`` (every stage is consistent), weights
+        summing to 1 (order >= 1), error weights summing to 0 (the embedded method is consistent too), and a
+        first-same-as-last last row equal to ``b`` at ``c = 1``."""
         s = len(self.c)
         if len(self.a) != s or len(self.b) != s or any(len(row) != i for i, row in enumerate(self.a)):
             raise ValueError("inconsistent Butcher tableau shapes (a must be strictly lower triangular)")
+        tol = 1e-12
+        for i, (ci, row) in enumerate(zip(self.c, self.a)):
+            if abs(sum(row) - ci) > tol:
+                raise ValueError(f"Butcher tableau row {i} sums to {sum(row)!r}, not c[{i}] = {ci!r}")
+        if abs(sum(self.b) - 1.0) > tol:
+            raise ValueError(f"Butcher tableau weights b sum to {sum(self.b)!r}, not 1")
+        if self.b_err is not None:
+            if len(self.b_err) != s:
+                raise ValueError(f"b_err has {len(self.b_err)} entries for {s} stages")
+            if abs(sum(self.b_err)) > tol:
+                raise ValueError(f"error weights b_err sum to {sum(self.b_err)!r}, not 0")
+        if self.fsal and (self.c[-1] != 1.0 or any(abs(x - y) > tol for x, y in zip(self.a[-1], self.b))
+                          or self.b[-1] != 0.0):
+            raise ValueError("a first-same-as-last tableau needs c[-1] = 1, a[-1] = b[:-1] and b[-1] = 0")
 
 
 def _t(rows):
@@ -68,27 +85,6 @@ DOPRI5 = Tableau(
 _DP_DENSE = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -10690763975 / 1880347072,
              701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423)
 
-_TS_C = (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
-_TS_B = (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
-         2.324710524099774, 0.0)
-TSIT5 = Tableau(
-    c=_TS_C,
-    a=_t([
-        [],
-        [0.161],
-        [-0.008480655492356989, 0.335480655492357],
-        [2.897153057105493, -6.359448489975075, 4.3622954328695815],
-        [5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525],
-        [5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383],
-        list(_TS_B[:6]),
-    ]),
-    b=_TS_B,
-    b_err=(-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
-           0.5823571654525552, -0.45808210592918697, 1 / 66),
-    fsal=True,
-)
-
-
 class ExplicitRK(Solver):
     """Generic explicit Runge–Kutta stepper over a float64 :class:`Tableau`."""
 
@@ -103,44 +99,42 @@ class ExplicitRK(Solver):
             cls.adaptive = tab.b_err is not None
             cls.init_evals = 1 if tab.fsal else 0
 
-    def __init__(self):
-        self._stages = len(self.tableau.c)
-
-    def init(self, problem, t0, x0):
-        return None  # FSAL derivative, filled by the first step
+    def init(self, problem, t0, x0, grid=None, f0=None):
+        return f0  # the first-same-as-last derivative at the current point (None: the step evaluates it)
 
     def step(self, problem, t0, t1, x0, noise, state):
         tab, h = self.tableau, t1 - t0
         f = problem.drift
-        k = [state if state is not None else f(time_like(t0, x0), x0)]
-        for i in range(1, self._stages):
+        nfe = len(tab.c) - 1
+        if state is None or not tab.fsal:
+            state, nfe = f(time_like(t0, x0), x0), nfe + 1
+        k = [state]
+        for i in range(1, len(tab.c)):
             xi = x0 + _weighted(tab.a[i], k, h)  # sum the stage increment first: one rounding onto x0
-            if tab.fsal and i == self._stages - 1:
+            if tab.fsal and i == len(tab.c) - 1:
                 x1 = xi  # last stage evaluates at the solution
             k.append(f(time_like(t0 + tab.c[i] * h, x0), xi))
         if not tab.fsal:
             x1 = x0 + _weighted(tab.b, k, h)
         err = None
         if tab.b_err is not None:
-            err = None
             for ei, ki in zip(tab.b_err, k):
                 if ei != 0.0:
                     err = ki * (h * ei) if err is None else err.add(ki, alpha=h * ei)
-        self._last = (t0, t1, x0, x1, k)
-        return x1, (k[-1] if tab.fsal else None), err
+        return Step(x1, state=k[-1] if tab.fsal else None, error=err, dense=tuple(k), nfe=nfe)
 
-    def interpolate(self, t: float) -> torch.Tensor:
-        """Dense output inside the last step: cubic Hermite from both end points and derivatives (order 3)."""
-        t0, t1, x0, x1, k = self._last
+    def interpolate(self, t0, t1, x0, step, t):
+        """Dense output: cubic Hermite from both end points and derivatives (order 3) for first-same-as-last
+        tableaux (the end derivative is the last stage); linear otherwise (no end derivative without another
+        evaluation)."""
+        if not self.tableau.fsal:
+            return super().interpolate(t0, t1, x0, step, t)
+        k, x1 = step.dense, step.x1
         h = t1 - t0
         th = (t - t0) / h
-        f0 = k[0]
-        f1 = k[-1] if self.tableau.fsal else None
-        if f1 is None:  # linear fallback for non-FSAL methods (no end derivative without an extra evaluation)
-            return x0 + th * (x1 - x0)
         h00, h10 = (1 + 2 * th) * (1 - th) ** 2, th * (1 - th) ** 2
         h01, h11 = th * th * (3 - 2 * th), th * th * (th - 1)
-        return h00 * x0 + h10 * h * f0 + h01 * x1 + h11 * h * f1
+        return h00 * x0 + h10 * h * k[0] + h01 * x1 + h11 * h * k[-1]
 
 
 def _weighted(coeffs, ks, h):
@@ -152,22 +146,47 @@ def _weighted(coeffs, ks, h):
     return acc if acc is not None else torch.zeros_like(ks[0])
 
 
-def _rk(name_, tableau_, order_, doc, registered: bool = True):
-    """A registered explicit RK method from its tableau (``registered=False`` keeps it out of the registry)."""
-    cls = type(name_.title().replace("_", ""), (ExplicitRK,), {"name": name_, "tableau": tableau_, "order": order_,
-                                                                "__doc__": doc})
-    return register(cls) if registered else cls
+@register
+class Euler(ExplicitRK):
+    """Forward Euler: order 1, 1 evaluation per step."""
+
+    name, order, tableau = "euler", 1.0, EULER
 
 
-Euler = _rk("euler", EULER, 1.0, "Forward Euler: order 1, 1 evaluation per step.")
-Midpoint = _rk("midpoint", MIDPOINT, 2.0, "Explicit midpoint rule: order 2, 2 evaluations per step.")
-Heun = _rk("heun", HEUN2, 2.0, "Heun's method (explicit trapezoid, RK2): order 2, 2 evaluations per step.")
-Ralston = _rk("ralston", RALSTON, 2.0, "Ralston's RK2 (minimum error bound, Ralston 1962): order 2, 2 evaluations.")
-RK4Solver = _rk("rk4", RK4, 4.0, "The classical Runge–Kutta method: order 4, 4 evaluations per step.")
-Bosh3 = _rk("bosh3", BOSH3, 3.0,
-            "Bogacki–Shampine 3(2) (Bogacki & Shampine 1989): order 3, embedded order 2, FSAL, 3 evaluations.")
-Tsit5 = _rk("tsit5", TSIT5, 5.0, "Tsitouras 5(4) (Tsitouras 2011): order 5, embedded 4, FSAL, 6 evaluations.",
-            registered=False)
+@register
+class Midpoint(ExplicitRK):
+    """Explicit midpoint rule: order 2, 2 evaluations per step."""
+
+    name, order, tableau = "midpoint", 2.0, MIDPOINT
+
+
+@register
+class Heun(ExplicitRK):
+    """Heun's method (explicit trapezoid, RK2): order 2, 2 evaluations per step."""
+
+    name, order, tableau = "heun", 2.0, HEUN2
+
+
+@register
+class Ralston(ExplicitRK):
+    """Ralston's RK2 (minimum error bound, Ralston 1962): order 2, 2 evaluations per step."""
+
+    name, order, tableau = "ralston", 2.0, RALSTON
+
+
+@register
+class RK4Solver(ExplicitRK):
+    """The classical Runge–Kutta method: order 4, 4 evaluations per step."""
+
+    name, order, tableau = "rk4", 4.0, RK4
+
+
+@register
+class Bosh3(ExplicitRK):
+    """Bogacki–Shampine 3(2) (Bogacki & Shampine 1989): order 3 with an embedded order-2 error estimate,
+    first-same-as-last (3 evaluations per step)."""
+
+    name, order, tableau = "bosh3", 3.0, BOSH3
 
 
 @register
@@ -179,8 +198,8 @@ class Dopri5(ExplicitRK):
     tableau = DOPRI5
     order = 5.0
 
-    def interpolate(self, t: float) -> torch.Tensor:
-        t0, t1, x0, x1, k = self._last
+    def interpolate(self, t0, t1, x0, step, t):
+        k, x1 = step.dense, step.x1
         h = t1 - t0
         th = (t - t0) / h
         r2 = x1 - x0
@@ -191,9 +210,3 @@ class Dopri5(ExplicitRK):
             if di != 0.0:
                 r5 = ki * (h * di) if r5 is None else r5.add(ki, alpha=h * di)
         return x0 + th * (r2 + (1 - th) * (r3 + th * (r4 + (1 - th) * r5)))
-
-
-# Tsit5 is implemented but not registered yet. Its minimised principal error lets the h^6 term dominate at
-# practical steps: measured 5.10-5.32 on linear_ode and 5.11-5.18 on logistic_ode (ladders 4..128 steps, errors
-# above round-off), but 5.58-6.27 on stuart_landau, outside the conformance suite's 0.5 tolerance for orders > 4.
-# Registering it needs problems or ladders where order 5 is what is measured.

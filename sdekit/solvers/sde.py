@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import time_like
-from .base import Solver, register
+from .base import Solver, Step, register
 
 
 @register
@@ -32,7 +32,7 @@ class EulerMaruyama(Solver):
         x1 = torch.add(x0, problem.drift(t, x0), alpha=t1 - t0)
         if noise is not None:
             x1 = x1.add_(problem.g_dw(problem.diffusion(t, x0), noise, x0))  # x1 is a fresh tensor
-        return x1, None, None
+        return Step(x1)
 
 
 @register
@@ -54,14 +54,14 @@ class Milstein(Solver):
         t, h = time_like(t0, x0), t1 - t0
         x1 = x0 + problem.drift(t, x0) * h
         if noise is None:
-            return x1, None, None
+            return Step(x1)
         g = problem.diffusion(t, x0)
         x1 = x1 + problem.g_dw(g, noise, x0)
         if problem.noise_type != "additive":  # ∂g/∂x = 0 for additive noise
             g_full = problem.g_dw(g, torch.ones_like(noise), x0)  # g broadcast to the state's shape
             lg = problem.diffusion_jvp(t, x0, g_full)  # (∂g/∂x) g, in g's shape
             x1 = x1 + 0.5 * problem.g_dw(lg, noise * noise - abs(h), x0)
-        return x1, None, None
+        return Step(x1)
 
 
 @register
@@ -85,12 +85,12 @@ class StochasticHeun(Solver):
         f0 = problem.drift(ta, x0)
         if noise is None:
             pred = x0 + f0 * h
-            return x0 + 0.5 * h * (f0 + problem.drift(tb, pred)), None, None
+            return Step(x0 + 0.5 * h * (f0 + problem.drift(tb, pred)))
         gw0 = problem.g_dw(problem.diffusion(ta, x0), noise, x0)
         pred = x0 + f0 * h + gw0
         f1 = problem.drift(tb, pred)
         gw1 = problem.g_dw(problem.diffusion(tb, pred), noise, x0)
-        return x0 + 0.5 * h * (f0 + f1) + 0.5 * (gw0 + gw1), None, None
+        return Step(x0 + 0.5 * h * (f0 + f1) + 0.5 * (gw0 + gw1))
 
 
 @register
@@ -116,7 +116,7 @@ class SRA1(Solver):
         f0 = problem.drift(ta, x0)
         if noise is None:
             k2 = problem.drift(time_like(t0 + 0.75 * h, x0), x0 + 0.75 * h * f0)
-            return x0 + h * (f0 / 3 + 2 * k2 / 3), None, None
+            return Step(x0 + h * (f0 / 3 + 2 * k2 / 3))
         dw, area = noise
         j = 0.5 * dw + area
         g0 = problem.diffusion(ta, x0)
@@ -124,5 +124,5 @@ class SRA1(Solver):
         h2 = x0 + 0.75 * h * f0 + 1.5 * problem.g_dw(g1, j, x0)
         f2 = problem.drift(time_like(t0 + 0.75 * h, x0), h2)
         x1 = x0 + h * (f0 / 3 + 2 * f2 / 3) + problem.g_dw(g1, dw - j, x0) + problem.g_dw(g0, j, x0)
-        return x1, None, None
+        return Step(x1)
 

@@ -31,8 +31,9 @@ F64 = torch.float64
 # --- accounting ------------------------------------------------------------------------------------------------------
 @register_check("nfe", capability=("ode",) + tuple(f"sde:{nt}" for nt in NOISE_TYPES), group="accounting")
 def check_nfe(ctx: Context) -> None:
-    """Drift evaluations counted by a wrapper equal ``solve``'s ``stats["nfe"]`` (``evals_per_step`` per step,
-    plus one at the start for first-same-as-last tableaux, or the solver's own ``count_nfe``)."""
+    """Drift evaluations counted by a wrapper equal ``solve``'s ``stats["nfe"]`` (the sum of the steps' ``nfe``) and
+    the declared metadata: ``evals_per_step`` per step plus ``init_evals`` at the start (one for
+    first-same-as-last tableaux)."""
     for kind in _kinds(ctx.caps):
         @st.composite
         def cases(draw, kind=kind):
@@ -53,14 +54,19 @@ def check_nfe(ctx: Context) -> None:
                 stats.append(sol.stats.get("nfe"))
             per_step = (counted[1] - counted[0]) / 4
             at_start = counted[0] - 4 * per_step
+            s = ctx.solver
+            declared = f"evals_per_step={s.evals_per_step}, init_evals={s.init_evals}"
+            if _fsal(s):
+                declared += " (FSAL tableau)"
             if counted != stats:
-                declared = f"evals_per_step={getattr(ctx.solver, 'evals_per_step', None)}"
-                if _fsal(ctx.solver):
-                    declared += " + 1 at the start (FSAL tableau)"
                 raise CheckFailed(
                     f"solve reports nfe={stats[0]} and {stats[1]} for 4 and 8 steps of a {_kind_label(kind)}, but the "
                     f"drift was evaluated {counted[0]} and {counted[1]} times ({per_step:g} per step + {at_start:g} "
-                    f"at the start); the solver declares {declared}")
+                    f"at the start): the steps' Step.nfe is wrong; the solver declares {declared}")
+            if (per_step, at_start) != (s.evals_per_step, s.init_evals):
+                raise CheckFailed(
+                    f"on 4 and 8 steps of a {_kind_label(kind)} the drift was evaluated {counted[0]} and {counted[1]} "
+                    f"times ({per_step:g} per step + {at_start:g} at the start), but the solver declares {declared}")
 
         ctx.property(_kind_label(kind), cases(), prop)
 

@@ -51,12 +51,6 @@ def _sampler(solver, caps):
     return None
 
 
-def _not_adaptive(solver, caps):
-    if solver.adaptive_lambda:
-        return "chooses its own steps: orders on fixed grids do not apply"
-    return _sampler(solver, caps)
-
-
 def _recording_net(seen: list, model, process):
     """An index-input network that records the indices it is called at and returns the exact eps."""
 
@@ -67,7 +61,13 @@ def _recording_net(seen: list, model, process):
     return net
 
 
-@register_check("diffusion_order", capability="diffusion:ode", applies=_not_adaptive, group="orders")
+def _fixed_steps(solver, caps):
+    if solver.default_controller is not None:
+        return "chooses its own steps (runs adaptively by default): orders on fixed grids do not apply"
+    return _sampler(solver, caps)
+
+
+@register_check("diffusion_order", capability="diffusion:ode", applies=_fixed_steps, group="orders")
 def diffusion_order(ctx):
     """Order against the exact PF-ODE flow of Gaussian data (VP and discrete DDPM), and NFE accounting."""
     s = ctx.solver
@@ -130,7 +130,7 @@ def diffusion_determinism(ctx):
                  "the sampler keeps state between solves")
 
 
-@register_check("diffusion_moments", capability="diffusion:sde", applies=_not_adaptive, group="orders")
+@register_check("diffusion_moments", capability="diffusion:sde", applies=_fixed_steps, group="orders")
 def diffusion_moments(ctx):
     """Stochastic sampling of Gaussian data: exact mean and variance within 5 SE + 0.02 (discretisation)."""
     s = ctx.solver
