@@ -191,9 +191,9 @@ def adaptive_sra1_queries(tol: float = 3e-7, seed: int = 0) -> list[tuple[float,
     while t < 1.0:
         t1 = min(1.0, t + h)
         step, tm = t1 - t, 0.5 * (t + t1)
-        big = sra1.step(ou, t, t1, x, levy(t, t1), None)[0]
-        half = sra1.step(ou, t, tm, x, levy(t, tm), None)[0]
-        half = sra1.step(ou, tm, t1, half, levy(tm, t1), None)[0]
+        big = sra1.step(ou, t, t1, x, levy(t, t1), None).x1
+        half = sra1.step(ou, t, tm, x, levy(t, tm), None).x1
+        half = sra1.step(ou, tm, t1, half, levy(tm, t1), None).x1
         ratio = float(((big - half) / (tol * (1 + x.abs()))).pow(2).mean().sqrt())
         if ratio <= 1.0:
             t, x = t1, half

@@ -266,7 +266,7 @@ class BrownianPath(_PathBase):
         lo, hi = (0, len(self._grid) - 1) if self._grid is not None else (-1, -1)
         self._root = _Node(self.t0, self.t1, None, _mix(self.seed, 0x5EED), True, lo, hi)
         self._root_values = None
-        self._last = self._root  # search for the next query point starts near the last one
+        self._cursor = self._root  # search for the next query point starts near the last one
         self.n_draws = 0  # bridge splits computed (each one normal draw of ``shape``; two with Lévy area)
         self.n_nodes = 1  # intervals in the tree (bookkeeping only: no tensors)
 
@@ -378,7 +378,7 @@ class BrownianPath(_PathBase):
     def _insert(self, p: float, h_ref: float) -> None:
         """Make ``p`` a node boundary: descend to the leaf containing it, refining the skeleton while its cell
         is longer than ``CELL_STEPS · h_ref``, then split that leaf at ``p`` itself."""
-        node = self._last
+        node = self._cursor
         while not (node.a <= p <= node.b):
             node = node.parent
         while True:
@@ -399,11 +399,11 @@ class BrownianPath(_PathBase):
                     continue
             self._split(node, p, False)
             break
-        self._last = node
+        self._cursor = node
 
     def _cover(self, s: float, t: float):
         """The tree's nodes that tile ``[s, t]`` (both already node boundaries), left to right."""
-        node = self._last
+        node = self._cursor
         while not (node.a <= s and t <= node.b):
             node = node.parent
         while node.mid is not None and (t <= node.mid or s >= node.mid):  # lowest node containing [s, t]

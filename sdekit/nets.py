@@ -220,24 +220,6 @@ class MLPScoreNet(nn.Module):
 # UNet
 # ----------------------------------------------------------------------------------------------------
 
-_attention_impl = None
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q kᵀ/√d) v`` over (B, heads, N, d): sdekit.kernels' drop-in if it imports, else SDPA.
-
-    The kernel package is resolved on the first call (importing it may import Triton, which is slow).
-    """
-    global _attention_impl
-    if _attention_impl is None:
-        try:
-            from sdekit.kernels import attention as kernel_attention
-        except (ImportError, AttributeError):
-            kernel_attention = None
-        _attention_impl = kernel_attention if callable(kernel_attention) else F.scaled_dot_product_attention
-    return _attention_impl(q, k, v)
-
-
 class _ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-conv (zero-initialised), plus skip."""
 
@@ -260,26 +242,15 @@ class _ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class _AttentionBlock(nn.Module):
-    """Multi-head self-attention over the H·W positions, with a zero-initialised output projection."""
+def _attention_block(channels: int, heads: int, groups: int) -> nn.Module:
+    """The UNet's self-attention over the H·W positions: :class:`sdekit.kernels.SelfAttention2d` (the one
+    attention block: Triton on CUDA tensors, SDPA elsewhere), with its output projection zero-initialised."""
+    from .kernels import SelfAttention2d
 
-    def __init__(self, channels: int, heads: int, groups: int):
-        super().__init__()
-        if channels % heads:
-            raise ValueError(f"attention heads ({heads}) must divide the channel count {channels}")
-        self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))  # (B, heads, HW, d)
-        out = _attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+    block = SelfAttention2d(channels, num_heads=heads, num_groups=groups)
+    nn.init.zeros_(block.proj.weight)
+    nn.init.zeros_(block.proj.bias)
+    return block
 
 
 class UNet(nn.Module):
@@ -356,7 +327,7 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skip_channels.append(ch)
         self.mid1 = _ResBlock(ch, ch, emb_dim, groups)
-        self.mid_attn = _AttentionBlock(ch, num_heads, groups)
+        self.mid_attn = _attention_block(ch, num_heads, groups)
         self.mid2 = _ResBlock(ch, ch, emb_dim, groups)
         self.up = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
@@ -377,7 +348,7 @@ class UNet(nn.Module):
     def _stage(in_ch, out_ch, emb_dim, groups, attend, heads) -> nn.ModuleDict:
         stage = nn.ModuleDict({"res": _ResBlock(in_ch, out_ch, emb_dim, groups)})
         if attend:
-            stage["attn"] = _AttentionBlock(out_ch, heads, groups)
+            stage["attn"] = _attention_block(out_ch, heads, groups)
         return stage
 
     @staticmethod

@@ -5,6 +5,11 @@ default elsewhere) and ``thorough`` (nightly). Pick one with HYPOTHESIS_PROFILE=
 """
 
 import os
+import tempfile
+
+# hypothesis keeps its example database and a constants cache (holding absolute paths) in ./.hypothesis of the
+# working folder, even with the database off: point it at a temporary folder so a test run leaves no files behind
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="sdekit-hypothesis-"))
 
 # Triton kernels run on CPU tensors through the interpreter when no GPU is present. This must be set
 # before any kernel module imports triton.

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from sdekit import VP, ScoreModel, convert
-from sdekit.nets import ARCHITECTURES, MLPScoreNet, UNet, _attention, build
+from sdekit.kernels import SelfAttention2d, attention
+from sdekit.nets import ARCHITECTURES, MLPScoreNet, UNet, build
 from sdekit.training import (
     DIGITS_TEST_SIZE,
     TrainConfig,
@@ -74,7 +75,23 @@ def test_unet_shapes_attention_and_dtypes():
 
 def test_attention_matches_sdpa():
     q, k, v = (_randn(2, 3, 10, 8, seed=s, dtype=torch.float64) for s in range(3))
-    torch.testing.assert_close(_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_the_unet_uses_the_one_attention_block():
+    """Every attention block of the UNet is sdekit.kernels.SelfAttention2d (zero-initialised output projection),
+    computing x + proj(SDPA(q, k, v)) over the H·W positions of each head."""
+    net = _unet(in_channels=3, attention_levels=(0, 1), num_heads=2).double()
+    blocks = [m for m in net.modules() if isinstance(m, SelfAttention2d)]
+    assert len(blocks) >= 2 and all(float(b.proj.weight.abs().sum()) == 0 for b in blocks)
+    blk = blocks[0]
+    torch.nn.init.normal_(blk.proj.weight, generator=torch.Generator().manual_seed(0))
+    b, c, h, w = 2, blk.channels, 4, 6
+    x = _randn(b, c, h, w, dtype=torch.float64)
+    qkv = blk.qkv(blk.norm(x)).reshape(b, 3, 2, c // 2, h * w)
+    q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
+    expected = x + blk.proj(F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w))
+    torch.testing.assert_close(blk(x), expected)
 
 
 def test_registry_rebuilds_from_config():

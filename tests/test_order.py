@@ -122,20 +122,21 @@ def test_weak_order_ou_moments_exact(name):
     """Weak error of E[X(T)²] on OU computed exactly: every scheme here is affine in its noise on this linear
     SDE, so sdekit.testing.exact_moments gives the scheme's mean and variance with no Monte-Carlo error
     (unit impulses per step and noise component). Fit over 8..64 steps."""
-    from sdekit.bench import fit_order
+    from sdekit.bench import ladder_order
     from sdekit.testing import exact_moments
 
     solver = REGISTRY[name]()
     x0v, big_t = 1.5, 1.0
     exact2 = OU.mean(big_t, x0v) ** 2 + OU.variance(big_t)
-    steps, errs = (8, 16, 32, 64), []
-    for n in steps:
+
+    def error(n):
         mean, cov = exact_moments(OU, solver, torch.full((1, 1), x0v, dtype=torch.float64),
                                   torch.linspace(0, big_t, n + 1, dtype=torch.float64))
-        errs.append(abs(float(mean.pow(2).sum() + cov.trace()) - exact2))
-    order, _ = fit_order([big_t / n for n in steps], errs)
+        return abs(float(mean.pow(2).sum() + cov.trace()) - exact2)
+
+    rec = ladder_order(name, "weak", (8, 16, 32, 64), error, span=big_t)
     declared = solver.weak_order_for("additive")
-    assert abs(order - declared) <= 0.25, (name, order, declared, errs)
+    assert abs(rec.order - declared) <= 0.25, (name, rec.order, declared, rec.errors)
 
 
 def test_weak_order_monte_carlo_estimator():

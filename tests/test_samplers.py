@@ -70,15 +70,8 @@ def test_deterministic_sampler_order_on_single_gaussian(name, process):
     m = GAUSS.model(process)
     x = x_T_for(process)
     exact = exact_flow(process, x, process.t_max, process.t_min)
-    steps = _ladder(solver.order)
-    errs, nfes = [], []
-    for n in steps:
-        sol = sample(m, x, name, steps=n, spacing="log_snr")
-        errs.append(float((sol.x - exact).pow(2).mean().sqrt()))
-        nfes.append(sol.stats["nfe"])
-        assert sol.stats["nfe"] == sol.stats["nfe_counted"]
-    order = sdekit.bench.fit_order([1 / n for n in nfes], errs)[0]
-    assert abs(order - solver.order) <= 0.3, (name, order, errs)
+    rec = sdekit.bench.sampler_order(m, name, x, exact, steps=_ladder(solver.order))  # checks the NFE count
+    assert abs(rec.order - solver.order) <= 0.3, (name, rec.order, rec.errors)
 
 
 @pytest.mark.parametrize("name,kw,order", [("dpmpp_2m", {}, 2.0), ("dpmpp_3m", {}, 3.0),
@@ -90,11 +83,8 @@ def test_dpmpp_multistep_order_on_gmm_against_float64_reference(name, kw, order)
     m = GaussianMixture.preset("ring2d").model(p)
     x = x_T_for(p, n=128)
     ref = reference_solve(sdekit.probability_flow(p, m), x, p.t_max, p.t_min, rtol=1e-12, atol=1e-12)
-    steps = (100, 200, 400)
-    errs = [float((sample(m, x, name, steps=n, spacing="log_snr", **kw).x - ref).pow(2).mean().sqrt())
-            for n in steps]
-    measured = sdekit.bench.fit_order([1 / n for n in steps], errs)[0]
-    assert abs(measured - order) <= 0.3, (measured, errs)
+    rec = sdekit.bench.sampler_order(m, name, x, ref, steps=(100, 200, 400), **kw)
+    assert abs(rec.order - order) <= 0.3, (rec.order, rec.errors)
     assert REGISTRY[name](**kw).order == order
 
 
@@ -128,8 +118,7 @@ def test_stochastic_sampler_weak_order_exact(name, kw):
     a_T, s_T = float(p.alpha(p.t_max)), float(p.sigma(p.t_max))
     var_T = a_T * a_T * S2 + s_T * s_T
     exact_m2 = float((a * MU).pow(2).sum()) + 2 * (a * a * S2 + s * s)
-    steps, errs = (50, 100, 200), []
-    for n in steps:
+    def error(n):
         grid = time_grid(p, n, "log_snr")
         noise = ImpulseNoise(grid.tolist())
         x = (a_T * MU).expand(noise.batch, 2).clone()
@@ -138,10 +127,11 @@ def test_stochastic_sampler_weak_order_exact(name, kw):
         mean, jac, resp = out[0], out[1] - out[0], out[2:] - out[0]
         dts = (grid[:-1] - grid[1:]).abs()
         var = jac.pow(2) * var_T + (resp.pow(2) * dts[:, None]).sum(0)
-        errs.append(abs(float(mean.pow(2).sum() + var.sum()) - exact_m2))
-    order = sdekit.bench.fit_order([1 / n for n in steps], errs)[0]
+        return abs(float(mean.pow(2).sum() + var.sum()) - exact_m2)
+
+    rec = sdekit.bench.ladder_order(name, "weak", (50, 100, 200), error)
     declared = REGISTRY[name](**kw).weak_order
-    assert abs(order - declared) <= 0.3, (name, kw, order, errs)
+    assert abs(rec.order - declared) <= 0.3, (name, kw, rec.order, rec.errors)
 
 
 @pytest.mark.parametrize("name,kw", [("ddpm", {}), ("dpmpp_2m_sde", {}), ("pc", {}), ("euler_maruyama", {}),

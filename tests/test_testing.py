@@ -17,7 +17,7 @@ from sdekit import ODE, BrownianPath, solve
 from sdekit.analytic import reference_solve
 from sdekit.solvers import REGISTRY, ExplicitRK, Solver, Step, Tableau
 from sdekit.solvers.ode import BOSH3, EULER, HEUN2, RK4
-from sdekit.solvers.sde import EulerMaruyama
+from sdekit.solvers.sde import EulerMaruyama, Milstein
 from sdekit.testing import (
     CHECKS,
     CheckFailed,
@@ -202,6 +202,28 @@ class MilsteinWithoutCorrection(EulerMaruyama):
     noise_types = ("scalar", "diagonal")
 
 
+class TransposedJacobianMilstein(Milstein):
+    """Milstein whose correction uses ``(∂g/∂x)ᵀ g`` (a vector-Jacobian product) where the scheme needs
+    ``(∂g/∂x) g``: the defect of torchsde 0.2.6's Itô Milstein for scalar noise described in sdekit issue 20
+    (written here, not copied). On symmetric diffusion Jacobians (every GBM family) both agree; on
+    ``commuting_linear_sde`` with a non-symmetric ``B`` it is strong order 0.5."""
+
+    name = "milstein_transposed_jacobian"
+
+    def step(self, problem, t0, t1, x0, noise, state):
+        t, h = _t(t0).to(x0.dtype), t1 - t0
+        x1 = x0 + problem.drift(t, x0) * h
+        if noise is None:
+            return Step(x1)
+        g = problem.diffusion(t, x0)
+        x1 = x1 + problem.g_dw(g, noise, x0)
+        if problem.noise_type == "additive":
+            return Step(x1)
+        ones = torch.ones_like(noise)
+        g_full, vjp = torch.func.vjp(lambda y: problem.g_dw(problem.diffusion(t, y), ones, y), x0)
+        return Step(x1 + 0.5 * problem.g_dw(vjp(g_full)[0], noise * noise - abs(h), x0))
+
+
 class OptimisticBosh3(ExplicitRK):
     """Bogacki–Shampine with its embedded error estimate 10^4 times too small."""
 
@@ -211,6 +233,8 @@ class OptimisticBosh3(ExplicitRK):
 
 
 MUTANTS = [
+    (TransposedJacobianMilstein, "strong_order",
+     r"measured strong order 0\.\d\d with scalar noise on Case\(commuting_linear_sde_scalar.* declared 1"),
     (WrongWeightRK4, "ode_order", r"measured ODE order 1\.\d\d on .* declared 4"),
     (LateDriftEM, "autonomization", r"t1 where t0 belongs"),
     (NoiseScaledByDtEM, "strong_order", r"measured strong order -?0\.\d\d with diagonal noise .* declared 0\.5"),

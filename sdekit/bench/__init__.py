@@ -1,5 +1,5 @@
-"""Convergence-order estimation and (later) solver comparisons: records that benchmarks and the CLI reuse."""
+"""Convergence-order estimation and solver comparisons: records that benchmarks, the CLI and the tests reuse."""
 
-from .order import OrderRecord, convergence_order, fit_order
+from .order import OrderRecord, convergence_order, fit_order, ladder_order, sampler_order
 
-__all__ = ["OrderRecord", "convergence_order", "fit_order"]
+__all__ = ["OrderRecord", "convergence_order", "fit_order", "ladder_order", "sampler_order"]

@@ -75,6 +75,56 @@ def fit_order(dts: Sequence[float], errors: Sequence[float]) -> tuple[float, tup
     return float(slope), (float(slope - q * se), float(slope + q * se))
 
 
+def ladder_order(solver: str, kind: str, steps: Sequence[int], error: Callable, *, span: float = 1.0,
+                 declared: float | None = None, per: str = "step") -> OrderRecord:
+    """The one order-measuring loop: ``error(n)`` for each step count ``n`` of ``steps``, then the least-squares
+    slope of log error against log step (:func:`fit_order`).
+
+    ``error(n)`` returns the error, or ``(error, nfe)``. ``per="step"``: the step is ``span / n``; ``per="nfe"``:
+    the step is ``1 / nfe`` (samplers whose evaluations per step differ). :func:`convergence_order`,
+    :func:`sampler_order`, the order CLI and the conformance checks all measure through it.
+    """
+    if per not in ("step", "nfe"):
+        raise ValueError(f"per must be 'step' or 'nfe', got {per!r}")
+    steps = [int(n) for n in steps]
+    if len(steps) < 2 or any(n < 1 for n in steps):
+        raise ValueError(f"steps must hold at least two positive step counts, got {steps}")
+    errors, nfes = [], []
+    for n in steps:
+        out = error(n)
+        e, nfe = out if isinstance(out, tuple) else (out, None)
+        errors.append(float(e))
+        if nfe is not None:
+            nfes.append(int(nfe))
+    if per == "nfe" and len(nfes) != len(steps):
+        raise ValueError("per='nfe' needs error(n) to return (error, nfe)")
+    dts = [1 / k for k in nfes] if per == "nfe" else [abs(span) / n for n in steps]
+    order, ci = fit_order(dts, errors)
+    return OrderRecord(solver, kind, dts, errors, None, order, ci, declared, nfes)
+
+
+def sampler_order(model, solver, x_T: torch.Tensor, reference: torch.Tensor, *, steps: Sequence[int],
+                  spacing: str = "log_snr", **options) -> OrderRecord:
+    """Order of a diffusion sampler (or any solver run by :func:`sdekit.sample`) per model evaluation: the RMS
+    error of ``sample(model, x_T, solver, steps=n, spacing=spacing, **options).x`` against ``reference`` (the exact
+    end state at the grid's end), fitted against ``1/NFE``. Raises ValueError when a run's reported NFE differs
+    from the model's own count."""
+    from ..sampling import sample
+
+    name = solver if isinstance(solver, str) else solver.name
+
+    def error(n):
+        sol = sample(model, x_T, solver, steps=n, spacing=spacing, **options)
+        counted = sol.stats.get("nfe_counted", sol.stats["nfe"])
+        if counted != sol.stats["nfe"]:
+            raise ValueError(f"{name}: reports nfe={sol.stats['nfe']} but evaluated the model {counted} times "
+                             f"({n} steps)")
+        return float((sol.x - reference).double().pow(2).mean().sqrt()), sol.stats["nfe"]
+
+    declared = get_solver(solver, **options).order if isinstance(solver, str) else solver.order
+    return ladder_order(name, "ode", steps, error, declared=declared, per="nfe")
+
+
 def _bootstrap_ci(dts, per_sample: torch.Tensor, stat: Callable, n_boot: int, seed: int):
     """per_sample: (levels, n). stat maps a (levels, n') tensor to per-level errors."""
     rng = torch.Generator().manual_seed(seed)
@@ -123,13 +173,12 @@ def convergence_order(problem, solver, x0: torch.Tensor, *, t0: float, t1: float
             from ..analytic import reference_solve
 
             ref = reference_solve(problem, x0, t0, t1, rtol=1e-13, atol=1e-13)
-        errors = []
-        for n in steps:
+
+        def ode_error(n):
             sol = solve(problem, x0, solver, ts=torch.linspace(t0, t1, n + 1, dtype=torch.float64))
-            nfe.append(sol.stats["nfe"])
-            errors.append(float(((sol.x - ref).double() ** 2).mean().sqrt()))
-        order, ci = fit_order(dts, errors)
-        return OrderRecord(solver.name, kind, dts, errors, None, order, ci, declared, nfe)
+            return float(((sol.x - ref).double() ** 2).mean().sqrt()), sol.stats["nfe"]
+
+        return ladder_order(solver.name, kind, steps, ode_error, span=t1 - t0, declared=declared)
 
     if problem.is_ode:
         raise ValueError(f"kind={kind!r} needs an SDE")

@@ -48,10 +48,9 @@ import numpy as np
 import torch
 
 from ..analytic import GaussianMixture, GeometricBrownianMotion, OrnsteinUhlenbeck, reference_solve
-from ..bench.order import OrderRecord, convergence_order, fit_order
+from ..bench.order import OrderRecord, convergence_order, ladder_order, sampler_order
 from ..processes import VP
 from ..reverse import probability_flow
-from ..sampling import sample
 from ..sde import ODE, SDE
 from ..solve import solve
 from ..solvers import REGISTRY, DiffusionSampler
@@ -303,13 +302,12 @@ def _ou_weak_record(name: str, case: _Case) -> OrderRecord:
     solver = REGISTRY[name]()
     exact = OU.mean(1.0, OU_WEAK_X0) ** 2 + OU.variance(1.0)
     x0 = torch.full((1, 1), OU_WEAK_X0, dtype=F64)
-    errors = []
-    for n in case.steps:
+
+    def error(n):
         mean, cov = exact_moments(OU, solver, x0, torch.linspace(0, 1, n + 1, dtype=F64))
-        errors.append(abs(float(mean.pow(2).sum() + cov.trace()) - exact))
-    dts = [1 / n for n in case.steps]
-    order, ci = fit_order(dts, errors)
-    return OrderRecord(name, "weak", dts, errors, None, order, ci, solver.weak_order_for("additive"))
+        return abs(float(mean.pow(2).sum() + cov.trace()) - exact)
+
+    return ladder_order(name, "weak", case.steps, error, declared=solver.weak_order_for("additive"))
 
 
 class _StepIncrements:
@@ -374,10 +372,8 @@ def _gbm_weak_record(name: str, case: _Case) -> OrderRecord:
     """Weak error of ``E X(1)²`` on GBM from 1, exact value ``exp(2 mu + sigma²)``."""
     solver = REGISTRY[name]()
     exact = math.exp(2 * GBM.mu + GBM.sigma_**2)
-    errors = [abs(_gbm_second_moment(solver, n) - exact) for n in case.steps]
-    dts = [1 / n for n in case.steps]
-    order, ci = fit_order(dts, errors)
-    return OrderRecord(name, "weak", dts, errors, None, order, ci, solver.weak_order_for("diagonal"))
+    return ladder_order(name, "weak", case.steps, lambda n: abs(_gbm_second_moment(solver, n) - exact),
+                        declared=solver.weak_order_for("diagonal"))
 
 
 def _pf_ode_record(name: str, case: _Case, samples: int, seed: int, cache: dict) -> OrderRecord:
@@ -388,14 +384,7 @@ def _pf_ode_record(name: str, case: _Case, samples: int, seed: int, cache: dict)
         cache["x"], cache["ref"] = x, reference_solve(probability_flow(p, m), x, p.t_max, p.t_min, rtol=1e-12,
                                                       atol=1e-12)
     x, ref = cache["x"], cache["ref"]
-    errs, nfes = [], []
-    for n in case.steps:
-        sol = sample(m, x, name, steps=n, spacing="log_snr")
-        errs.append(float((sol.x - ref).pow(2).mean().sqrt()))
-        nfes.append(int(sol.stats["nfe"]))
-    dts = [1 / n for n in nfes]
-    order, ci = fit_order(dts, errs)
-    return OrderRecord(name, "ode", dts, errs, None, order, ci, REGISTRY[name]().order, nfes)
+    return sampler_order(m, name, x, ref, steps=case.steps, spacing="log_snr")
 
 
 def _linear_record(name: str, case: _Case) -> OrderRecord:

@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..analytic import GaussianMixture
-from ..bench import fit_order
+from ..bench import sampler_order
 from ..models import ScoreModel
 from ..processes import VP
 from ..sampling import sample
@@ -78,15 +78,12 @@ def diffusion_order(ctx):
         model = _data().model(p)
         x_T = p.prior_sample((32, 2), generator=torch.Generator().manual_seed(ctx.seed), dtype=F64)
         exact = _exact_flow(p, x_T)
-        errs, nfes = [], []
-        for n in steps:
-            sol = sample(model, x_T, s, steps=n, spacing="log_snr")
-            if sol.stats["nfe"] != sol.stats.get("nfe_counted", sol.stats["nfe"]):
-                ctx.fail(f"reports nfe={sol.stats['nfe']} but evaluated the model {sol.stats['nfe_counted']} times "
-                         f"({n} steps on {label})")
-                return
-            errs.append(float((sol.x - exact).pow(2).mean().sqrt()))
-            nfes.append(sol.stats["nfe"])
+        try:
+            rec = sampler_order(model, s, x_T, exact, steps=steps, spacing="log_snr")
+        except ValueError as e:  # the reported NFE is not the model's count
+            ctx.fail(f"{e} on {label}")
+            return
+        errs, nfes = rec.errors, rec.nfe
         if not all(math.isfinite(e) and e > 0 for e in errs):
             ctx.fail(f"non-finite or zero errors on {label}: {errs}")
             return
@@ -102,7 +99,7 @@ def diffusion_order(ctx):
                 ctx.fail(f"on the discrete DDPM schedule ({label}) the model was evaluated only at integer indices "
                          "although the grid's times are fractional: rounded times")
                 return
-        measured = fit_order([1 / n for n in nfes], errs)[0]
+        measured = rec.order
         ctx.record_order(f"diffusion/{label}", measured, declared)
         if declared is not None and measured < declared - 0.3:
             ctx.fail(f"measured order {measured:.2f} on Gaussian data under {label} (errors {errs} at NFE {nfes}), "

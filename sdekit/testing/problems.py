@@ -400,6 +400,57 @@ def general_noise_gbm(mu: float = 0.5, sigma: float = 0.6, noise_dim: int = 2, t
                    rate=abs(mu) + float((s * s).sum()))
 
 
+def nonnormal_matrix(dim: int, seed: int) -> torch.Tensor:
+    """A fixed ``dim x dim`` matrix that is neither symmetric nor skew nor normal (``N Nᵀ != Nᵀ N``): a unit upper
+    shift plus a seeded lower-triangular perturbation, scaled to spectral norm 1 (``dim = 1``: ``[[1]]``)."""
+    if dim == 1:
+        return torch.ones(1, 1, dtype=F64)
+    g = torch.randn(dim, dim, generator=_gen(seed), dtype=F64)
+    n = torch.diag(torch.ones(dim - 1, dtype=F64), 1) + 0.3 * torch.tril(g)
+    return n / torch.linalg.matrix_norm(n, ord=2)
+
+
+def commuting_linear_sde(noise_type: str = "scalar", dim: int = 2, noise_dim: int = 2, seed: int = 0,
+                         a: tuple[float, float] = (-0.3, 0.4), b: tuple[float, float] = (0.3, 0.6), t1: float = 1.0,
+                         batch: int = 1) -> Problem:
+    """``dX = A X dt + Σ_k B_k X dW_k`` with ``A = a0 I + a1 N`` and ``B_k = b0_k I + b1_k N`` for one non-normal
+    ``N`` (:func:`nonnormal_matrix`): all the matrices commute, so ``X_T = expm((A - ½ Σ B_k²) T + Σ B_k W_k(T)) X_0``
+    exactly, while the diffusion Jacobians ``B_k`` are not symmetric. A Milstein term formed with ``(∂g/∂x)ᵀ g =
+    B_kᵀ B_k x`` instead of ``(∂g/∂x) g = B_k² x`` is then a different scheme of strong order 0.5.
+
+    ``noise_type="scalar"``: one Brownian motion (``B = b0 I + b1 N``); ``"general"``: ``noise_dim`` of them
+    (``b`` scaled by ``1 - k/(2 noise_dim)`` for the ``k``-th; the noise commutes, so no Lévy area is needed).
+    """
+    if noise_type not in ("scalar", "general"):
+        raise ValueError(f"noise_type must be 'scalar' or 'general', got {noise_type!r}")
+    n = nonnormal_matrix(dim, seed)
+    eye = torch.eye(dim, dtype=F64)
+    a_mat = a[0] * eye + a[1] * n
+    m = 1 if noise_type == "scalar" else noise_dim
+    scale = [1 - k / (2 * m) for k in range(m)] if noise_type == "general" else [1.0]
+    bs = torch.stack([f * (b[0] * eye + b[1] * n) for f in scale])  # (m, d, d)
+    drift_mat = a_mat - 0.5 * (bs @ bs).sum(0)
+
+    if noise_type == "scalar":
+        sde = SDE(lambda t, x: x @ a_mat.to(x.dtype).T, lambda t, x: x @ bs[0].to(x.dtype).T, noise_type="scalar",
+                  diffusion_jvp=lambda t, x, v: v @ bs[0].to(x.dtype).T)
+    else:
+        sde = SDE(lambda t, x: x @ a_mat.to(x.dtype).T,
+                  lambda t, x: torch.einsum("kij,bj->bik", bs.to(x.dtype), x), noise_type="general",
+                  brownian_size=m)
+    x0t = torch.ones(batch, dim, dtype=F64) + 0.5 * torch.arange(dim, dtype=F64) / dim
+
+    def pathwise(xs, bm):
+        w = bm(0.0, float(t1)).to(F64).reshape(xs.shape[0], -1)  # (B, m)
+        gen = drift_mat * t1 + torch.einsum("bk,kij->bij", w, bs)
+        return (torch.linalg.matrix_exp(gen) @ xs.to(F64)[..., None])[..., 0].to(xs.dtype)
+
+    params = dict(noise_type=noise_type, dim=dim, noise_dim=m, seed=seed, a=a, b=b, t1=t1, batch=batch)
+    rate = float(torch.linalg.matrix_norm(a_mat, ord=2)) + float((torch.linalg.matrix_norm(bs, ord=2) ** 2).sum())
+    return Problem(f"commuting_linear_sde_{noise_type}", params, sde, x0t, 0.0, float(t1), pathwise=pathwise,
+                   rate=rate)
+
+
 def drifted_brownian_motion(noise_type: str = "additive", shape: tuple[int, ...] = (2, 3), drift: float = 0.5,
                             sigma: float = 0.7, t0: float = 0.0, t1: float = 1.0, noise_dim: int = 2) -> Problem:
     """``dx = c dt + G dW`` with constant coefficients (``c = drift · (1, 2, ...)/D``, ``G`` built from

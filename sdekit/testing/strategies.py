@@ -206,6 +206,19 @@ def general_noise_gbms(draw, *, batch=1) -> P.Problem:
                                batch=draw(_strategy(batch)))
 
 
+@st.composite
+def commuting_linear_sdes(draw, *, noise_type: str = "scalar", batch=1) -> P.Problem:
+    """:func:`~sdekit.testing.problems.commuting_linear_sde`: linear SDEs with non-symmetric, commuting drift and
+    diffusion matrices (scalar or general noise) whose exact pathwise solution is a matrix exponential; they tell a
+    Milstein term ``(∂g/∂x) g`` from the transposed ``(∂g/∂x)ᵀ g``, which agree on the symmetric Jacobians of the
+    GBM families."""
+    return P.commuting_linear_sde(noise_type, dim=draw(st.sampled_from([2, 3])),
+                                  noise_dim=draw(st.sampled_from([2, 3])), seed=draw(st.integers(0, 2**16)),
+                                  a=(draw(st.sampled_from([-0.3, 0.0, 0.2])), draw(st.sampled_from([0.4, -0.4]))),
+                                  b=(draw(st.sampled_from([0.3, 0.0])), draw(st.sampled_from([0.7, 0.5, -0.6]))),
+                                  batch=draw(_strategy(batch)))
+
+
 # --- diffusion processes -------------------------------------------------------------------------------------
 def _rounded(lo: float, hi: float, digits: int = 4) -> st.SearchStrategy:
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False).map(lambda v: round(v, digits))
