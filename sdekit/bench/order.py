@@ -107,14 +107,18 @@ def sampler_order(model, solver, x_T: torch.Tensor, reference: torch.Tensor, *, 
                   spacing: str = "log_snr", **options) -> OrderRecord:
     """Order of a diffusion sampler (or any solver run by :func:`sdekit.sample`) per model evaluation: the RMS
     error of ``sample(model, x_T, solver, steps=n, spacing=spacing, **options).x`` against ``reference`` (the exact
-    end state at the grid's end), fitted against ``1/NFE``. Raises ValueError when a run's reported NFE differs
+    end state at the grid's end), fitted against ``1/NFE``. ``spacing`` may also be a function ``n -> grid`` (times
+    in the model's convention). Raises ValueError when a run's reported NFE differs
     from the model's own count."""
     from ..sampling import sample
 
     name = solver if isinstance(solver, str) else solver.name
 
     def error(n):
-        sol = sample(model, x_T, solver, steps=n, spacing=spacing, **options)
+        if callable(spacing):
+            sol = sample(model, x_T, solver, grid=spacing(n), **options)
+        else:
+            sol = sample(model, x_T, solver, steps=n, spacing=spacing, **options)
         counted = sol.stats.get("nfe_counted", sol.stats["nfe"])
         if counted != sol.stats["nfe"]:
             raise ValueError(f"{name}: reports nfe={sol.stats['nfe']} but evaluated the model {counted} times "

@@ -5,6 +5,8 @@ imported (by :mod:`sdekit.testing.conformance`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import strategies as st
 
@@ -108,5 +110,41 @@ def check_adaptive(ctx: Context) -> None:
         if cp.n_drift != sol.stats["nfe"]:
             raise CheckFailed(f"adaptive solve reports nfe={sol.stats['nfe']} but evaluated the drift {cp.n_drift} "
                               f"times on {problem!r}")
+
+    ctx.property("linear", S.linear_odes(), prop)
+
+
+@register_check("error_estimate", capability="adaptive", group="accounting")
+def check_error_estimate(ctx: Context) -> None:
+    """The embedded error estimate of one step from an exact state is a local error of the embedded solution:
+    it shrinks like ``h^order`` (the embedded method is one order lower, its local error one higher), measured
+    between ``h = 0.1 / rate`` and ``h / 2`` (errors well above the round-off of the matrix exponential), within
+    0.5; and it is at least half the actual error of the step. Catches estimates missing the factor ``h`` (which
+    a tolerance test can miss: an over-estimate only makes the solve more accurate, at more evaluations), of the
+    wrong order, or too small."""
+
+    def prop(problem):
+        a = problem.extra.get("A")
+        if a is None:
+            return
+        h = 0.1 / max(problem.rate, 1e-3) * (1 if problem.t1 > problem.t0 else -1)
+        est, actual = [], []
+        for hh in (h, h / 2):
+            step = ctx.solver.step(problem.sde, problem.t0, problem.t0 + hh, problem.x0,
+                                   None, ctx.solver.init(problem.sde, problem.t0, problem.x0))
+            exact = problem.x0 @ torch.linalg.matrix_exp(a * hh).T
+            est.append(_max_abs(step.error))
+            actual.append(_max_abs(step.x1 - exact))
+        if min(est) < 1e-12:
+            return  # the estimate is at round-off here
+        slope = math.log2(est[0] / est[1])
+        declared = ctx.solver.order
+        if declared is not None and abs(slope - declared) > 0.5:
+            raise CheckFailed(f"one step of h = {h:.3g} and h/2 on {problem!r}: the error estimate shrinks like "
+                              f"h^{slope:.2f} ({est[0]:.3g} -> {est[1]:.3g}), expected h^{declared:g} (the local "
+                              "error of the embedded solution): is the estimate scaled by h?")
+        if est[0] < 0.5 * actual[0]:
+            raise CheckFailed(f"one step of h = {h:.3g} on {problem!r}: the error estimate {est[0]:.3g} is below the "
+                              f"step's actual error {actual[0]:.3g}")
 
     ctx.property("linear", S.linear_odes(), prop)
