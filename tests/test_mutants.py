@@ -16,6 +16,7 @@ from sdekit.solvers import Solver, Step
 from sdekit.solvers.diffusion import (
     DDIM,
     DDPM,
+    DPMSolver1,
     DPMSolver2,
     DPMSolverPP2M,
     DPMSolverPP3M,
@@ -26,10 +27,11 @@ from sdekit.solvers.diffusion import (
     _push,
     ddim_update,
     ddpm_update,
+    dpm_solver_1_update,
     dpmpp_multistep_update,
 )
 from sdekit.solvers.ode import Bosh3
-from sdekit.solvers.sde import SRA1
+from sdekit.solvers.sde import SRA1, Milstein
 from sdekit.testing import check_solver
 
 
@@ -182,6 +184,63 @@ class ReferenceDPMpp3MClaimingThree(DPMSolverPP3M):
         self.order = 3.0
 
 
+class DiagonalTermsOnlyGeneralMilstein(Solver):
+    """SDETools issue #2 "Wrong implementation for general Milstein scheme": the Milstein correction
+    ``½ Σ_j (∂g_j/∂x) g_j (ΔW_j² - h)`` "only works for diagonal noise"; with several Brownian motions the cross
+    terms ``Σ_{j≠k} (∂g_k/∂x) g_j I_(j,k)`` are needed (Kloeden & Platen 1992, §10.3), and without them the scheme
+    is strong order 0.5, here declared 1."""
+
+    name = "mutant_general_milstein_diagonal_terms"
+    order, strong_order, weak_order = 1.0, 1.0, 1.0
+    noise_types = ("general",)
+
+    def step(self, problem, t0, t1, x0, noise, state):
+        t, h = time_like(t0, x0), t1 - t0
+        x1 = x0 + problem.drift(t, x0) * h
+        if noise is None:
+            return Step(x1)
+        g = problem.diffusion(t, x0)  # (B, d, m)
+        x1 = x1 + problem.g_dw(g, noise, x0)
+        for j in range(g.shape[-1]):
+            _, dg = torch.func.jvp(lambda y, j=j: problem.diffusion(t, y)[..., j], (x0,), (g[..., j],))
+            x1 = x1 + 0.5 * dg * (noise[..., j:j + 1] ** 2 - abs(h))  # the defect: no cross terms j != k
+        return Step(x1)
+
+
+class StratonovichCorrectionMilstein(Milstein):
+    """The Itô/Stratonovich mix-up of StochasticDiffEq.jl issue #19 "RKMil Stratonovich Interpretation" (a
+    Milstein scheme built for one interpretation used for the other measured strong order 1/2), mirrored: an Itô
+    Milstein step whose correction is the Stratonovich ``½ (∂g/∂x) g ΔW²`` instead of ``½ (∂g/∂x) g (ΔW² - h)``.
+    It converges to the Stratonovich solution: the strong error does not fall."""
+
+    name = "mutant_milstein_stratonovich_correction"
+
+    def step(self, problem, t0, t1, x0, noise, state):
+        out = super().step(problem, t0, t1, x0, noise, state)
+        if noise is None or problem.noise_type == "additive":
+            return out
+        t, h = time_like(t0, x0), t1 - t0
+        g = problem.diffusion(t, x0)
+        g_full = problem.g_dw(g, torch.ones_like(noise), x0)
+        lg = problem.diffusion_jvp(t, x0, g_full)
+        return replace(out, x1=out.x1 + 0.5 * problem.g_dw(lg, torch.full_like(noise, abs(h)), x0))  # the defect
+
+
+class OneStepForOrderOne(DPMSolver1):
+    """LuChengTHU/dpm-solver issue #44 "Is this error at single step 1st-order code?" (the author: "Thanks for finding
+    this bug"): for order 1 the singlestep driver's step count was set to 1 instead of the number of steps, so the
+    whole interval was one first-order step. Here the first step goes to the process's t_min (the grid's end) and
+    the others do nothing: the error does not fall with the steps."""
+
+    name = "mutant_dpm_solver_1_one_step"
+
+    def _step(self, ev, x, s, t, noise, st):
+        if st.k > 0:
+            return Update([(1.0, x)])
+        end = ev.point(float(ev.problem.process.t_min))  # the defect: K = 1 step over the whole interval
+        return dpm_solver_1_update(x, s, end, ev.eps(x, s))
+
+
 MUTANTS = [
     (HeunCorrectorAtSigmaHat, "diffusion_order", r"measured order [01]\.\d+ .*declared 2"),
     (DDPMPreviousIndex, "diffusion_moments", r"moments of Gaussian data off"),
@@ -194,6 +253,9 @@ MUTANTS = [
     (ConstantStepDPMpp2M, "diffusion_order", r"measured order [01]\.\d+ .*under vp/irregular.*declared 2"),
     (ReflectedTimeEuler, "time_reversal", r"decreasing grid differs"),
     (ReferenceDPMpp3MClaimingThree, "diffusion_order", r"measured order 2\.\d+ .*declared 3"),
+    (DiagonalTermsOnlyGeneralMilstein, "strong_order", r"measured strong order 0\.\d\d with general noise"),
+    (OneStepForOrderOne, "diffusion_order", r"do not grow with the steps"),
+    (StratonovichCorrectionMilstein, "strong_order", r"measured strong order -?0\.\d\d with (scalar|diagonal) noise"),
 ]
 
 
@@ -211,7 +273,7 @@ def test_the_originals_pass_the_same_checks():
                  "ddim": ["diffusion_order", "diffusion_final_step"], "dpm_solver_2": ["diffusion_final_step"],
                  "dpmpp_2m": ["diffusion_order", "diffusion_final_step"], "sra1": ["time_reversal"],
                  "bosh3": ["error_estimate"], "dopri5": ["error_estimate"], "dpmpp_3m": ["diffusion_order"],
-                 "euler": ["time_reversal"]}
+                 "euler": ["time_reversal"], "milstein": ["strong_order"]}
     for name, checks in originals.items():
         report = check_solver(name, kinds=checks)
         assert report.passed and sorted(report.checks) == sorted(checks), report.summary()

@@ -98,6 +98,9 @@ def ladder_order(solver: str, kind: str, steps: Sequence[int], error: Callable, 
             nfes.append(int(nfe))
     if per == "nfe" and len(nfes) != len(steps):
         raise ValueError("per='nfe' needs error(n) to return (error, nfe)")
+    if per == "nfe" and len(set(nfes)) < len(nfes):
+        raise ValueError(f"the evaluations {nfes} do not grow with the steps {steps}: the solver does not take the "
+                         "steps it is given")
     dts = [1 / k for k in nfes] if per == "nfe" else [abs(span) / n for n in steps]
     order, ci = fit_order(dts, errors)
     return OrderRecord(solver, kind, dts, errors, None, order, ci, declared, nfes)
