@@ -640,8 +640,8 @@ class FreshNoise:
 class StepNoise:
     """The noise of one step, for samplers that declare ``noise_sampler = True``: drawn only when asked.
 
-    - :meth:`z`: the step's standard Gaussian, ``(W(t) - W(s)) / sqrt|t - s|`` of the solve's Brownian path or
-      fresh noise (computed once, then cached).
+    - :meth:`z`: the step's standard Gaussian, ``(W(t) - W(s)) / sqrt|t - s|`` of the solve's Brownian path, or a
+      standard normal drawn directly from fresh noise (computed once, then cached).
     - :meth:`extra`: another standard Gaussian, independent of ``z`` and of earlier ``extra`` draws (a
       ``noise_sampler`` that may be called more than once a step, as in k-diffusion).
     - :meth:`kernel_seed`: for fresh noise, a key from which a fused kernel draws ``z`` in registers instead
@@ -661,7 +661,10 @@ class StepNoise:
 
     def z(self) -> torch.Tensor:
         if self._z is None:
-            self._z = self.source(self.s, self.t) / math.sqrt(abs(self.t - self.s))
+            if isinstance(self.source, FreshNoise):  # independent draws: a standard normal directly, no rescaling
+                self._z = self.source.extra(self.s, self.t, 0)
+            else:
+                self._z = self.source(self.s, self.t) / math.sqrt(abs(self.t - self.s))
         return self._z
 
     def extra(self) -> torch.Tensor:

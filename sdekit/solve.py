@@ -317,11 +317,11 @@ def _loop(problem, x0, solver, ctrl, t_start, t_end, source, save_at, progress) 
             if not ok:
                 rejected += 1  # x and the solver state stay as they were
                 h = min(ctrl.dt_max, step_u * min(1.0, factor))
-                _check_step_size(h, ctrl, t)
+                _check_step_size(h, ctrl, t, u)
                 continue
             prev_ratio = ratio
             h = min(ctrl.dt_max, step_u * factor)
-            _check_step_size(h, ctrl, t_new)
+            _check_step_size(h, ctrl, t_new, u_new)
         accepted += 1
         while save_times is not None and si < len(save_times) and (t_new - save_times[si]) * direction >= 0:
             st_ = save_times[si]
@@ -338,7 +338,7 @@ def _loop(problem, x0, solver, ctrl, t_start, t_end, source, save_at, progress) 
         if save_idx is not None and accepted in save_idx:
             saved.append(x)
         if bar is not None:
-            _advance(bar, adaptive, step_u if adaptive and not tail else 1, nfe, accepted, rejected)
+            _advance(bar, adaptive, (0 if tail else step_u) if adaptive else 1, nfe, accepted, rejected)
     if bar is not None:
         bar.close()
     if flags:
@@ -356,8 +356,9 @@ def _loop(problem, x0, solver, ctrl, t_start, t_end, source, save_at, progress) 
     return Solution(x=x, stats=stats)
 
 
-def _check_step_size(h, ctrl, t):
-    if h < ctrl.dt_min or h <= 1e-14 * max(abs(t), 1.0):
+def _check_step_size(h, ctrl, t, u):
+    """``h`` and ``u`` are in the step variable (time, or log-SNR); ``t`` is the time, for the message."""
+    if h < ctrl.dt_min or h <= 1e-14 * max(abs(u), 1.0):
         raise RuntimeError(f"adaptive step size underflowed (h = {h:.3g} < dt_min = {ctrl.dt_min:g}) "
                            f"at t = {t:.6g}; the problem may be stiff or singular there")
 

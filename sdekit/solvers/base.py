@@ -22,7 +22,9 @@ class Step:
     Attributes:
         x1: the state at ``t1``.
         state: the solver state for the next step (e.g. a first-same-as-last derivative, a multistep history).
-            A solver never modifies the state it was given: after a rejected step the loop retries from it.
+            A solver never changes what the state it was given means: after a rejected step the loop retries from
+            it. (It may memoise there a value that depends only on the step's start, as the adaptive DPM-Solver
+            keeps the model output at ``(t0, x0)``.)
         error: an embedded local error estimate in ``x1``'s shape (adaptive solvers), else None.
         dense: whatever :meth:`Solver.interpolate` needs to evaluate the solution inside the step (e.g. the
             Runge–Kutta stages), else None (linear interpolation).

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..models import convert
 from .base import Solver, Step, register
 
 
@@ -498,9 +499,6 @@ class DPMSolverAdaptive(DiffusionSampler):
         self.order = float(order)
         self.evals_per_step = order
 
-    def _step(self, ev, x, s, t, noise, st):
-        raise AssertionError("unreachable: step() is overridden")
-
     def step(self, problem, t0, t1, x0, noise, state):
         st = replace(state, hist=[], k=state.k + 1, start_eval=None)
         ev = Evaluations(self, problem, st)
@@ -509,8 +507,8 @@ class DPMSolverAdaptive(DiffusionSampler):
         if eps_s is None:
             eps_s = state.start_eval = ev.eps(x0, s)  # kept for a retry from this state (see SamplerState)
         if t.sigma == 0.0:  # the last step onto sigma = 0, after the controlled part: DPM-Solver-1 is exact there
-            return Step(self.combine(Update([(t.alpha, (x0 - s.sigma * eps_s) / s.alpha)]), None), state=st,
-                        nfe=ev.nfe)
+            denoised = convert(eps_s, "eps", "x0", x0, s.alpha, s.sigma)
+            return Step(self.combine(Update([(t.alpha, denoised)]), None), state=st, nfe=ev.nfe)
         if self.order == 2:
             low = dpm_solver_1_update(x0, s, t, eps_s)
             high, _ = dpm_solver_2_update(x0, s, t, eps_s, ev, r1=0.5)
