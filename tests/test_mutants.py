@@ -241,6 +241,38 @@ class OneStepForOrderOne(DPMSolver1):
         return dpm_solver_1_update(x, s, end, ev.eps(x, s))
 
 
+class FreshLevyAreaGeneralMilstein(Solver):
+    """OrdinaryDiffEq.jl PR #3214 "Fix RKMilGeneral strong convergence for noncommutative noise": the general-noise
+    Milstein drew its Lévy areas as fresh random numbers, independent of the Brownian path the step is driven by, so
+    on non-commutative noise its strong order was 0.5, not 1. Here: ``x0 + f h + Σ g_k ΔW_k + Σ_jk (∂g_k/∂x) g_j I_jk``
+    with ``I_jk = ½ ΔW_j ΔW_k - ½ h δ_jk + A_jk`` and ``A_jk ~ N(0, h²/12)`` from the step's own generator. On
+    commutative noise the area term multiplies the zero Lie bracket and the scheme is a correct order-1 Milstein:
+    only the non-commutative family can reject it."""
+
+    name = "mutant_general_milstein_fresh_levy_area"
+    order = 1.0
+    strong_order, weak_order = 1.0, 1.0
+    noise_types = ("general",)
+
+    def step(self, problem, t0, t1, x0, noise, state):
+        t, h = time_like(t0, x0), t1 - t0
+        x1 = x0 + problem.drift(t, x0) * h
+        if noise is None:
+            return Step(x1)
+        g = problem.diffusion(t, x0)  # (B, *S, m)
+        m = g.shape[-1]
+        gen = torch.Generator().manual_seed(int(abs(t0) * 2**30) + 7)  # the defect: not the path's area
+        area = torch.randn(noise.shape[0], m, m, generator=gen, dtype=torch.float64).to(noise) * (abs(h) / 12**0.5)
+        area = torch.triu(area, 1) - torch.triu(area, 1).transpose(1, 2)
+        iterated = 0.5 * noise[:, :, None] * noise[:, None, :] + area
+        iterated = iterated - 0.5 * abs(h) * torch.eye(m, dtype=noise.dtype)
+        x1 = x1 + problem.g_dw(g, noise, x0)
+        for j in range(m):
+            lg = problem.diffusion_jvp(t, x0, g[..., j])  # (∂g_k/∂x) g_j for every k: (B, *S, m)
+            x1 = x1 + problem.g_dw(lg, iterated[:, j, :], x0)
+        return Step(x1)
+
+
 MUTANTS = [
     (HeunCorrectorAtSigmaHat, "diffusion_order", r"measured order [01]\.\d+ .*declared 2"),
     (DDPMPreviousIndex, "diffusion_moments", r"moments of Gaussian data off"),
@@ -256,6 +288,8 @@ MUTANTS = [
     (DiagonalTermsOnlyGeneralMilstein, "strong_order", r"measured strong order 0\.\d\d with general noise"),
     (OneStepForOrderOne, "diffusion_order", r"do not grow with the steps"),
     (StratonovichCorrectionMilstein, "strong_order", r"measured strong order -?0\.\d\d with (scalar|diagonal) noise"),
+    (FreshLevyAreaGeneralMilstein, "strong_order", r"measured strong order 0\.\d\d with general noise on "
+                                                   r"Case\(heisenberg_sde"),
 ]
 
 

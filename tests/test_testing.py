@@ -513,13 +513,16 @@ class LeakyDDIM(DDIM):
         return upd
 
 
-@pytest.mark.parametrize(("solver", "check", "pattern"), [
-    (RoundedTimeDPMpp2M(), "diffusion_order", r"ddpm.*rounded"),
-    (OverclaimedDPMpp2M(), "diffusion_order", r"measured order [12]\.\d+.*declared 3"),
-    (LeakyDDIM(), "diffusion_determinism", r"keeps state between solves"),
-])
-def test_broken_diffusion_samplers_are_rejected(solver, check, pattern):
-    report = check_solver(solver, kinds=("orders", "invariance"))
+DIFFUSION_MUTANTS = [
+    (RoundedTimeDPMpp2M, "diffusion_order", r"ddpm.*rounded"),
+    (OverclaimedDPMpp2M, "diffusion_order", r"measured order [12]\.\d+.*declared 3"),
+    (LeakyDDIM, "diffusion_determinism", r"keeps state between solves"),
+]
+
+
+@pytest.mark.parametrize(("cls", "check", "pattern"), DIFFUSION_MUTANTS, ids=[m[0].name for m in DIFFUSION_MUTANTS])
+def test_broken_diffusion_samplers_are_rejected(cls, check, pattern):
+    report = check_solver(cls(), kinds=("orders", "invariance"))
     assert not report.passed
     msgs = [f.message for f in report.failures if f.check == check]
     assert msgs and any(re.search(pattern, m) for m in msgs), report.summary()

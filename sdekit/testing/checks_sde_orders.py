@@ -39,7 +39,12 @@ def _strong_families(ctx: Context, nt: str) -> list[tuple[str, object]]:
     if nt == "diagonal":
         return [("diagonal", S.gbm_problems(batch=n))]
     gbm = S.scalar_noise_gbms(batch=n) if nt == "scalar" else S.general_noise_gbms(batch=n)
-    return [(nt, gbm), (f"{nt}/non-symmetric", S.commuting_linear_sdes(noise_type=nt, batch=n))]
+    families = [(nt, gbm), (f"{nt}/non-symmetric", S.commuting_linear_sdes(noise_type=nt, batch=n)),
+                (f"{nt}/nonlinear", S.sheared_gbms(noise_type=nt, batch=n)),
+                (f"{nt}/non-autonomous", S.sheared_gbms(noise_type=nt, time_dependent=True, batch=n))]
+    if nt == "general":  # a scheme without Lévy areas is of strong order 0.5 here, whatever it declares
+        families.append(("general/non-commutative", S.heisenberg_sdes(batch=n)))
+    return families
 
 
 def _strong_applies(solver, caps):

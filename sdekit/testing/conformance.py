@@ -42,8 +42,12 @@ Properties run through hypothesis (``given``, executed directly), so a failure i
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import os
+import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -448,6 +452,33 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+_STORAGE: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def _hypothesis_storage():
+    """Keep hypothesis's files (its constants cache of the scanned source files, which it writes even with the
+    example database off) out of the caller's working folder: unless the user chose a place
+    (``HYPOTHESIS_STORAGE_DIRECTORY`` or ``hypothesis.configuration.set_hypothesis_home_dir``), they go to one
+    temporary folder per process, removed at exit; the previous setting is restored afterwards."""
+    from hypothesis import configuration
+
+    key = "__hypothesis_home_directory"
+    current = getattr(configuration, key, None)
+    default = getattr(configuration, "__hypothesis_home_directory_default", None)
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or (current is not None and current != default):
+        yield
+        return
+    if "dir" not in _STORAGE:
+        _STORAGE["dir"] = tempfile.mkdtemp(prefix="sdekit-hypothesis-")
+        atexit.register(shutil.rmtree, _STORAGE["dir"], True)
+    configuration.set_hypothesis_home_dir(_STORAGE["dir"])
+    try:
+        yield
+    finally:
+        setattr(configuration, key, current)
+
+
 def _as_solver(solver) -> Solver:
     if isinstance(solver, type) and issubclass(solver, Solver):
         solver = solver()
@@ -511,7 +542,7 @@ def check_solver(solver, *, kinds=("auto",), skip=(), seed: int = 0, profile: st
     caps = capabilities(solver)
     report = Report(solver=getattr(solver, "name", "") or type(solver).__name__, profile=prof.name, capabilities=caps)
     ctx = Context(solver, caps, prof, int(seed), report)
-    with _torch_threads(torch_threads):
+    with _torch_threads(torch_threads), _hypothesis_storage():
         for name in names:
             check = CHECKS[name]
             why = check.applies(solver, caps)

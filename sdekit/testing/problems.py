@@ -528,3 +528,162 @@ def nonautonomous_sde(noise_type: str | None = "additive", shape: tuple[int, ...
         params["time_dependent_noise"] = False
     params.update(t0=t0, t1=t1)
     return Problem("nonautonomous_sde", params, sde, x0, t0, t1, rate=2.0)
+
+
+def heisenberg_sde(s: tuple[float, float] = (1.0, 0.8), kappa: float = 1.0,
+                   x0: tuple[float, float, float] = (0.5, -0.3, 0.2),
+                   t1: float = 1.0, batch: int = 1, n_fine: int = 8192) -> Problem:
+    """Non-commutative general noise (``m = 2``): ``dX1 = s1 dW1``, ``dX2 = s2 dW2``,
+    ``dX3 = kappa (X1 dW2 - X2 dW1)`` (Brownian motion on the Heisenberg group, scaled).
+
+    The Lie bracket of the two diffusion fields is ``(0, 0, kappa (s1 + s2)) != 0``, so a scheme without the Lévy area
+    ``A = ½ ∫ (W1 dW2 - W2 dW1)`` has strong order 0.5 at best (Clark & Cameron 1980): a solver that declares strong
+    order 1 for general noise must fail here. Itô and Stratonovich forms coincide (each field's derivative along
+    itself vanishes), and ``X3(T) = x3 + kappa (x1 W2 - x2 W1 + s1 ∫W1 dW2 - s2 ∫W2 dW1)``.
+
+    ``pathwise`` evaluates the iterated integrals by their conditional expectation given the path's increments on
+    ``n_fine`` equal sub-steps, ``Σ (W_j + ½ ΔW_j) ΔW_k``; what it leaves out is ``kappa (s1 + s2)`` times the
+    sub-steps' Lévy areas, independent of every increment a coarser scheme sees, of root mean square
+    ``kappa (s1 + s2) sqrt(t1 / (12 n_fine))`` (4.6e-3 for the defaults): a tenth of the error of an order-0.5 scheme
+    at 128 steps, and it adds to that error in quadrature (0.6% at 128 steps).
+    """
+    if len(s) != 2 or len(x0) != 3:
+        raise ValueError(f"heisenberg_sde needs s of length 2 and x0 of length 3, got {s}, {x0}")
+    if not t1 > 0:
+        raise ValueError(f"t1 must be > 0, got {t1}")
+    s1, s2, kap = float(s[0]), float(s[1]), float(kappa)
+
+    def diffusion(t, x):
+        g = torch.zeros(*x.shape, 2, dtype=x.dtype, device=x.device)
+        g[..., 0, 0] = s1
+        g[..., 1, 1] = s2
+        g[..., 2, 0] = -kap * x[..., 1]
+        g[..., 2, 1] = kap * x[..., 0]
+        return g
+
+    sde = SDE(lambda t, x: torch.zeros_like(x), diffusion, noise_type="general", brownian_size=2)
+    x0t = torch.tensor(x0, dtype=F64).expand(batch, 3).clone()
+
+    def pathwise(xs, bm):
+        grid = torch.linspace(0.0, float(t1), n_fine + 1, dtype=F64).tolist()
+        dw = torch.stack([bm(grid[i], grid[i + 1]).to(F64).reshape(xs.shape[0], 2) for i in range(n_fine)])
+        w_left = torch.cumsum(dw, 0) - dw  # W at each sub-step's start, (n, B, 2)
+        mid = w_left + 0.5 * dw
+        i12 = (mid[..., 0] * dw[..., 1]).sum(0)  # E[∫ W1 dW2 | increments]
+        i21 = (mid[..., 1] * dw[..., 0]).sum(0)
+        w = dw.sum(0)
+        x = xs.to(F64)
+        out = torch.stack([x[:, 0] + s1 * w[:, 0], x[:, 1] + s2 * w[:, 1],
+                           x[:, 2] + kap * (x[:, 0] * w[:, 1] - x[:, 1] * w[:, 0] + s1 * i12 - s2 * i21)], 1)
+        return out.to(xs.dtype)
+
+    params = dict(s=tuple(s), kappa=kappa, x0=tuple(x0), t1=t1, batch=batch)
+    if n_fine != 8192:
+        params["n_fine"] = n_fine
+    return Problem("heisenberg_sde", params, sde, x0t, 0.0, float(t1), pathwise=pathwise,
+                   rate=abs(kap) * (abs(s1) + abs(s2)))
+
+
+def sheared_gbm(noise_type: str = "scalar", state: tuple[int, ...] = (2,), noise_dim: int = 2, mu: float = 0.3,
+                sigma: float = 0.6, shear: float = 0.8, wobble: float = 0.0, omega: float = 3.0, t1: float = 1.0,
+                batch: int = 1, n_fine: int = 2048) -> Problem:
+    """A nonlinear SDE with a non-symmetric, state-dependent diffusion Jacobian and an exact pathwise solution: a
+    geometric Brownian motion ``Y`` seen through the nonlinear shear ``X = φ(Y)``, ``X_0 = Y_0``,
+    ``X_i = Y_i + shear · tanh(Y_{i-1})`` (coordinates of the flattened ``state``, batch first; tanh, whose
+    derivatives vanish for large ``Y``, keeps the log-normal tails of ``Y`` from dominating the strong error).
+
+    ``dY_i = mu_i Y_i dt + σ(t) Σ_k s_ki Y_i dW_k`` with ``σ(t) = 1 + wobble · sin(omega t)`` (``wobble = 0``:
+    autonomous; else drift and diffusion depend nonlinearly on t), ``mu_i = mu (1 - i/(2D))``,
+    ``s_ki = sigma (1 - k/(2m)) (1 + i/(2D))``. By Itô's formula ``X`` solves ``dX = f dt + Σ_k g_k dW_k`` with
+    ``b_k = σ(t) s_k ⊙ y``, ``y = φ⁻¹(x)``, and for ``i >= 1``
+    ``g_ki = b_ki + shear sech²(y_{i-1}) b_k,i-1``,
+    ``f_i = mu_i y_i + shear sech²(y_{i-1}) mu_{i-1} y_{i-1} - shear tanh(y_{i-1}) sech²(y_{i-1}) Σ_k b_k,i-1²``
+    (``g_k0 = b_k0``, ``f_0 = mu_0 y_0``). Its Jacobian ``∂g/∂x`` is lower bidiagonal, so a Milstein term formed
+    with ``(∂g/∂x)ᵀ g`` differs from ``(∂g/∂x) g``. The noise commutes (every ``Y_i`` is driven by ``Y_i`` alone), so
+    no Lévy area is needed: ``log Y_i(T) = log y0_i + mu_i T - ½ Σ_k s_ki² ∫σ² dt + Σ_k s_ki ∫σ dW_k``.
+
+    ``pathwise``: ``∫σ dW_k = W_k(T)`` when autonomous; otherwise its conditional expectation given the increments
+    on ``n_fine`` sub-steps, ``Σ_j σ̄_j ΔW_kj`` with ``σ̄_j`` the exact mean of ``σ`` over sub-step ``j`` (left out:
+    an error of root mean square ``<= |wobble| omega sqrt(t1/12)/n_fine``, 3e-4 for the defaults' span with
+    ``wobble = 0.5``, below a tenth of an order-1 scheme's error at 128 steps).
+    """
+    if noise_type not in ("scalar", "general"):
+        raise ValueError(f"noise_type must be 'scalar' or 'general', got {noise_type!r}")
+    if not t1 > 0:
+        raise ValueError(f"t1 must be > 0, got {t1}")
+    state = tuple(int(v) for v in state)
+    dim = math.prod(state)
+    m = 1 if noise_type == "scalar" else int(noise_dim)
+    i = torch.arange(dim, dtype=F64)
+    mus = mu * (1 - i / (2 * dim))
+    s = torch.stack([sigma * (1 - k / (2 * m)) * (1 + i / (2 * dim)) for k in range(m)])  # (m, D)
+    c = float(shear)
+
+    def tfac(t):
+        if wobble == 0:
+            return 1.0
+        return 1 + wobble * torch.sin(omega * torch.as_tensor(t, dtype=F64))
+
+    def inverse(xf):  # y = φ⁻¹(x), sequentially along the flattened coordinates
+        ys = [xf[:, 0]]
+        for j in range(1, dim):
+            ys.append(xf[:, j] - c * torch.tanh(ys[-1]))
+        return torch.stack(ys, 1)
+
+    def forward(yf):
+        lead = yf[:, :1]
+        return torch.cat([lead, yf[:, 1:] + c * torch.tanh(yf[:, :-1])], 1)
+
+    def _b(t, x):  # (B, D, m): b_k = σ(t) s_k ⊙ y
+        y = inverse(x.reshape(x.shape[0], dim))
+        fac = tfac(t)
+        fac = fac.to(x.dtype).reshape(-1, 1, 1) if isinstance(fac, torch.Tensor) else fac
+        return y, fac * y[..., None] * s.T.to(x.dtype)
+
+    def drift(t, x):
+        y, b = _b(t, x)
+        mu_y = mus.to(x.dtype) * y
+        f = mu_y.clone()
+        th = torch.tanh(y[:, :-1])
+        sech2 = 1 - th * th
+        f[:, 1:] = mu_y[:, 1:] + c * sech2 * mu_y[:, :-1] - c * th * sech2 * (b[:, :-1] ** 2).sum(-1)
+        return f.reshape(x.shape)
+
+    def g_full(t, x):
+        y, b = _b(t, x)
+        sech2 = 1 - torch.tanh(y[:, :-1]) ** 2
+        g = torch.cat([b[:, :1], b[:, 1:] + c * sech2[..., None] * b[:, :-1]], 1)
+        return g.reshape(*x.shape, m)
+
+    if noise_type == "scalar":
+        sde = SDE(drift, lambda t, x: g_full(t, x)[..., 0], noise_type="scalar")
+    else:
+        sde = SDE(drift, g_full, noise_type="general", brownian_size=m)
+    y0 = 0.5 + 0.5 * i / dim
+    x0t = forward(y0[None]).expand(batch, dim).reshape(batch, *state).clone()
+    if wobble == 0:
+        sig2 = float(t1)
+    else:  # ∫_0^T (1 + a sin ωt)² dt
+        a, w, T = float(wobble), float(omega), float(t1)
+        sig2 = T + 2 * a * (1 - math.cos(w * T)) / w + a * a * (T / 2 - math.sin(2 * w * T) / (4 * w))
+
+    def pathwise(xs, bm):
+        b = xs.shape[0]
+        if wobble == 0:
+            iw = bm(0.0, float(t1)).to(F64).reshape(b, m)
+        else:
+            grid = torch.linspace(0.0, float(t1), n_fine + 1, dtype=F64)
+            hs = grid[1:] - grid[:-1]
+            mean_fac = 1 + wobble * (torch.cos(omega * grid[:-1]) - torch.cos(omega * grid[1:])) / (omega * hs)
+            pts = grid.tolist()
+            iw = sum(float(mean_fac[j]) * bm(pts[j], pts[j + 1]).to(F64).reshape(b, m) for j in range(n_fine))
+        y_start = inverse(xs.to(F64).reshape(b, dim))
+        log_y = torch.log(y_start) + mus * t1 - 0.5 * (s * s).sum(0) * sig2 + iw @ s
+        return forward(torch.exp(log_y)).reshape(xs.shape).to(xs.dtype)
+
+    params = dict(noise_type=noise_type, state=state, noise_dim=m, mu=mu, sigma=sigma, shear=shear)
+    if wobble != 0:
+        params.update(wobble=wobble, omega=omega)
+    params.update(t1=t1, batch=batch)
+    rate = abs(mu) + float((s * s).sum(0).max()) * (1 + abs(wobble)) ** 2 * (1 + abs(c))
+    return Problem("sheared_gbm", params, sde, x0t, 0.0, float(t1), pathwise=pathwise, rate=rate)

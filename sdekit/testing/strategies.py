@@ -219,6 +219,31 @@ def commuting_linear_sdes(draw, *, noise_type: str = "scalar", batch=1) -> P.Pro
                                   batch=draw(_strategy(batch)))
 
 
+@st.composite
+def heisenberg_sdes(draw, *, batch=1) -> P.Problem:
+    """:func:`~sdekit.testing.problems.heisenberg_sde`: non-commutative general noise (two Brownian motions whose
+    diffusion fields do not commute) with an exact pathwise answer up to a fine-grid Lévy-area remainder; no scheme
+    without Lévy areas exceeds strong order 0.5 on it. Scales ``s_k ∈ [0.5, 1.2]``, ``kappa ∈ {1, 0.6, 1.5, -1}``."""
+    return P.heisenberg_sde(s=(draw(st.sampled_from([1.0, 0.7, 1.2])), draw(st.sampled_from([0.8, 0.5, 1.1]))),
+                            kappa=draw(st.sampled_from([1.0, 0.6, 1.5, -1.0])),
+                            x0=(draw(st.sampled_from([0.5, 0.0, -1.0])), draw(st.sampled_from([-0.3, 0.0, 0.8])), 0.2),
+                            batch=draw(_strategy(batch)))
+
+
+@st.composite
+def sheared_gbms(draw, *, noise_type: str = "scalar", time_dependent: bool = False, batch=1) -> P.Problem:
+    """:func:`~sdekit.testing.problems.sheared_gbm`: nonlinear SDEs with a state-dependent, non-symmetric (lower
+    bidiagonal) diffusion Jacobian and an exact pathwise solution, on states of shape ``(2,)``, ``(3,)`` or
+    ``(1, 2)``; ``time_dependent=True`` makes drift and diffusion depend on t through ``1 + wobble sin(omega t)``
+    (a scheme that evaluates a stage at the wrong time loses its order there)."""
+    wobble, omega = (draw(st.sampled_from([0.5, -0.4])), draw(st.sampled_from([3.0, 2.0]))) if time_dependent \
+        else (0.0, 3.0)
+    return P.sheared_gbm(noise_type, state=draw(st.sampled_from([(2,), (3,), (1, 2)])),
+                         noise_dim=draw(st.sampled_from([2, 3])), mu=draw(st.sampled_from([0.3, -0.2, 0.0])),
+                         sigma=draw(st.sampled_from([0.5, 0.4])), shear=draw(st.sampled_from([1.0, -0.8, 1.5])),
+                         wobble=wobble, omega=omega, batch=draw(_strategy(batch)))
+
+
 # --- diffusion processes -------------------------------------------------------------------------------------
 def _rounded(lo: float, hi: float, digits: int = 4) -> st.SearchStrategy:
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False).map(lambda v: round(v, digits))
@@ -317,6 +342,7 @@ __all__ = [
     "time_grids", "batch_shapes", "dtypes",
     "linear_odes", "stuart_landau_odes", "logistic_odes", "riccati_odes", "polynomial_odes", "closed_form_odes",
     "ou_problems", "linear_sdes", "additive_linear_sdes", "gbm_problems", "scalar_noise_gbms", "general_noise_gbms",
+    "commuting_linear_sdes", "heisenberg_sdes", "sheared_gbms",
     "vp_linear_processes", "subvp_processes", "vp_cosine_processes", "vp_discrete_processes", "ddpm_process",
     "ve_processes", "edm_processes", "diffusion_processes", "gaussian_mixtures", "exact_score_models",
 ]
