@@ -161,7 +161,8 @@ def _schemes():
             x1 = x0 + problem.drift(t, x0) * h
             if noise is None:
                 return Step(x1)
-            g = problem.diffusion(t, x0)  # (B, *S, m)
+            g = problem.diffusion(t, x0)  # (B, *S, m), or (*S, m) unbatched
+            g = g.expand(*x0.shape, g.shape[-1]) if g.ndim == x0.ndim else g
             m = g.shape[-1]
             x1 = x1 + problem.g_dw(g, noise, x0)
             iterated = 0.5 * (noise[:, :, None] * noise[:, None, :] - abs(h) * torch.eye(m, dtype=noise.dtype))

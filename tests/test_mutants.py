@@ -184,6 +184,11 @@ class ReferenceDPMpp3MClaimingThree(DPMSolverPP3M):
         self.order = 3.0
 
 
+def _batched(g, x):
+    """A general-noise diffusion ``(B, *S, m)``, also when the problem returned an unbatched ``(*S, m)``."""
+    return g.expand(*x.shape, g.shape[-1]) if g.ndim == x.ndim else g
+
+
 class DiagonalTermsOnlyGeneralMilstein(Solver):
     """SDETools issue #2 "Wrong implementation for general Milstein scheme": the Milstein correction
     ``½ Σ_j (∂g_j/∂x) g_j (ΔW_j² - h)`` "only works for diagonal noise"; with several Brownian motions the cross
@@ -199,11 +204,13 @@ class DiagonalTermsOnlyGeneralMilstein(Solver):
         x1 = x0 + problem.drift(t, x0) * h
         if noise is None:
             return Step(x1)
-        g = problem.diffusion(t, x0)  # (B, d, m)
+        g = _batched(problem.diffusion(t, x0), x0)  # (B, *S, m)
         x1 = x1 + problem.g_dw(g, noise, x0)
         for j in range(g.shape[-1]):
-            _, dg = torch.func.jvp(lambda y, j=j: problem.diffusion(t, y)[..., j], (x0,), (g[..., j],))
-            x1 = x1 + 0.5 * dg * (noise[..., j:j + 1] ** 2 - abs(h))  # the defect: no cross terms j != k
+            lg = problem.diffusion_jvp(t, x0, g[..., j])  # (∂g_k/∂x) g_j for every k
+            only_j = torch.zeros_like(noise)
+            only_j[:, j] = 0.5 * (noise[:, j] ** 2 - abs(h))
+            x1 = x1 + problem.g_dw(lg, only_j, x0)  # the defect: no cross terms j != k
         return Step(x1)
 
 
@@ -259,7 +266,7 @@ class FreshLevyAreaGeneralMilstein(Solver):
         x1 = x0 + problem.drift(t, x0) * h
         if noise is None:
             return Step(x1)
-        g = problem.diffusion(t, x0)  # (B, *S, m)
+        g = _batched(problem.diffusion(t, x0), x0)  # (B, *S, m)
         m = g.shape[-1]
         gen = torch.Generator().manual_seed(int(abs(t0) * 2**30) + 7)  # the defect: not the path's area
         area = torch.randn(noise.shape[0], m, m, generator=gen, dtype=torch.float64).to(noise) * (abs(h) / 12**0.5)

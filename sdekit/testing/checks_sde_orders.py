@@ -32,7 +32,8 @@ F64 = torch.float64
 # --- SDE orders -------------------------------------------------------------------------------------------------------
 def _strong_families(ctx: Context, nt: str) -> list[tuple[str, object]]:
     """``[(label, strategy), ...]`` for noise type ``nt``: each family is its own property, so every profile
-    draws it (the non-symmetric linear families are what tell a transposed diffusion Jacobian apart)."""
+    draws it (the non-symmetric and nonlinear families tell a transposed diffusion Jacobian or missing cross
+    terms apart; the non-commutative one, a missing or path-independent Lévy area)."""
     n = ctx.profile.strong_samples
     if nt == "additive":
         return [("additive", S.additive_linear_sdes(batch=n) if ctx.profile.extra_problems else S.ou_problems(batch=n))]
@@ -57,8 +58,10 @@ def _strong_applies(solver, caps):
                 group="orders")
 def check_strong_order(ctx: Context) -> None:
     """Strong order (``E|X_N - X(T)|`` over nested grids of 8..128 steps on one Brownian path per sample, library
-    :func:`~sdekit.bench.convergence_order`) >= declared - tolerance, per supported noise type: GBM (diagonal),
-    commuting GBMs (scalar, general), Ornstein–Uhlenbeck (additive; exact pathwise solution by
+    :func:`~sdekit.bench.convergence_order`) >= declared - tolerance, per supported noise type: GBM (diagonal);
+    for scalar and general noise commuting GBMs, non-symmetric commuting linear SDEs, sheared GBMs (nonlinear,
+    non-symmetric state-dependent Jacobian; autonomous and non-autonomous) and, for general noise, the Heisenberg
+    SDE (non-commutative: order 0.5 without Lévy areas); Ornstein–Uhlenbeck (additive; exact pathwise solution by
     :func:`~sdekit.testing.problems.linear_pathwise`)."""
     for nt in _noise_caps(ctx.caps):
         declared = ctx.solver.strong_order_for(nt)

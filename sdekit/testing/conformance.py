@@ -20,8 +20,10 @@ Checks (tolerances are module constants; the reason for each is next to it):
                     (catches drift evaluated at the wrong time: ``t1`` where ``t0`` belongs)
 ``time_reversal``   a solve on a decreasing grid equals the solve of the reflected problem on the increasing grid
 ``sde_exactness``   ``dx = c dt + G dW`` (constant coefficients) is reproduced exactly on a Brownian path
-``strong_order``    strong order on GBM (diagonal; scalar/general: commuting GBMs) and OU (additive), nested
-                    grids over one Brownian path per sample, >= declared - tolerance
+``strong_order``    strong order on GBM (diagonal; scalar/general: commuting GBMs), non-symmetric linear SDEs,
+                    nonlinear and non-autonomous sheared GBMs (non-symmetric state-dependent Jacobians), the
+                    Heisenberg SDE (general: non-commutative) and OU (additive), each family its own property;
+                    nested grids over one Brownian path per sample, >= declared - tolerance
 ``weak_order``      weak order of mean and covariance on OU / linear SDEs, computed exactly by impulses
 ``determinism``     same seed, same result (bitwise), also after solving another problem in between
 ``shape_dtype``     shape, dtype and device kept for float32/float64 and (B, C, H, W) states; x0 not modified;
