@@ -225,7 +225,10 @@ def _draws(strategy, n: int, seed: int):
 
     from hypothesis import seed as hseed
 
-    hseed(seed)(collect)()
+    from sdekit.testing.conformance import _hypothesis_storage
+
+    with _hypothesis_storage():  # hypothesis's constants cache goes to a temporary folder, not ./.hypothesis
+        hseed(seed)(collect)()
     return out[:n]
 
 
