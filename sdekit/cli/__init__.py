@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: strong for ou/gbm, ode for linear/pf-ode; ou and gbm accept strong or weak")
     o.add_argument("--steps", default=None,
                    help="comma-separated step counts, each 1..65536 (default: the test suite's ladder: ODE by "
-                        "declared order, strong 8..128, weak 8..64, pf-ode 50..400)")
+                        "declared order, strong 8..128, weak 8..64, pf-ode 50..400, 160..1280 above order 3.5)")
     o.add_argument("--samples", type=int, default=2000,
                    help="Brownian paths for strong orders; initial points for pf-ode (at most 256); unused by weak "
                         "orders (exact moments) and linear")

@@ -1,4 +1,4 @@
-"""Diffusion samplers: DDPM, DDIM, DPM-Solver, DPM-Solver++, UniPC, EDM Heun, predictor–corrector.
+"""Diffusion samplers: DDPM, DDIM, DPM-Solver, DPM-Solver++, UniPC, iPNDM, DEIS, EDM Heun, predictor–corrector.
 
 Each sampler is a :class:`~sdekit.solvers.base.Solver` stepping the probability-flow ODE (deterministic
 samplers) or the reverse SDE (stochastic samplers) of ``problem = (process, model)`` on a decreasing time
@@ -20,9 +20,11 @@ history lives in the solve's :class:`SamplerState` (never on the sampler object)
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..models import convert
@@ -255,6 +257,48 @@ def unipc_coefficients(rks, hh: float, variant: str):
         fact *= i + 1
         h_phi_k = h_phi_k / hh - 1 / fact
     return torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), h_phi_1, b_h
+
+
+#: Adams–Bashforth coefficients for equal steps, newest first (Hairer, Nørsett & Wanner, Solving ODEs I, §III.1).
+AB_FIXED = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def lagrange_weights(nodes, lo: float, hi: float, at=None, n_gauss: int | None = None) -> list[float]:
+    """``w_j = ∫_lo^hi ℓ_j(u(r)) dr`` for the Lagrange basis ``ℓ_j`` on ``nodes`` (newest first), by
+    Gauss–Legendre quadrature in ``r``. With ``at=None`` the basis is a polynomial in ``r`` itself and
+    ``ceil(p/2)`` points integrate it exactly (variable-step Adams–Bashforth); ``at(r)`` maps the quadrature
+    points to the variable the basis lives in (DEIS's time quadrature: ``r = sigma/alpha``, ``u = t``), integrated
+    with ``n_gauss`` points (default 8: the quadrature error is far below the step's for the orders used here)."""
+    p = len(nodes)
+    n = n_gauss or (max(1, (p + 1) // 2) if at is None else 8)
+    x, w = _gauss_legendre(n)
+    r = [0.5 * (hi - lo) * xi + 0.5 * (hi + lo) for xi in x]
+    u = r if at is None else at(r)
+    out = []
+    for j in range(p):
+        total = 0.0
+        for ui, wi in zip(u, w):
+            basis = 1.0
+            for m in range(p):
+                if m != j:
+                    basis *= (ui - nodes[m]) / (nodes[j] - nodes[m])
+            total += wi * basis
+        out.append(0.5 * (hi - lo) * total)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_legendre(n: int):
+    x, w = np.polynomial.legendre.leggauss(n)
+    return x.tolist(), w.tolist()
+
+
+def scaled_ab_update(x, s: Point, t: Point, eps_hist, weights) -> Update:
+    """A multistep step of ``d xbar/d rho = eps`` in the scaled variables ``xbar = x/alpha``,
+    ``rho = sigma/alpha`` (DDIM's ODE, Song et al. 2021 eq. 14): ``xbar_t = xbar_s + Σ_j w_j eps_j``, i.e.
+    ``x_t = (alpha_t/alpha_s) x + alpha_t Σ_j w_j eps_j`` (``eps_hist`` newest first, ``w_j`` already times
+    the step). One weight is DDIM."""
+    return Update([(t.alpha / s.alpha, x)] + [(t.alpha * w, e) for w, e in zip(weights, eps_hist)])
 
 
 def edm_heun_update(xb, sb_hat: float, t: Point, denoised_hat, ev: Evaluations) -> Update:
@@ -664,6 +708,113 @@ class UniPC(DiffusionSampler):
         k = -rhos_c[-1] * t.alpha * b_h
         corr = [(-rho * t.alpha * b_h, d) for rho, d in zip(rhos_c[:-1], d1s)]
         return Update([base[0], (base[1][0] - k, d0)] + corr + [(k, d_t)])
+
+
+# --- Adams–Bashforth in the scaled variables: iPNDM and DEIS --------------------------------------------
+class _ScaledMultistep(DiffusionSampler):
+    """Shared multistep loop for samplers of ``d xbar/d rho = eps`` that keep ``(t, rho, eps)`` history."""
+
+    evals_per_step = 1
+    prediction = "eps"
+
+    def __init__(self, order: int, lower_order_final: bool, max_order: int = 4):
+        if isinstance(order, bool) or order not in range(1, max_order + 1):
+            raise ValueError(f"{self.name} order must be an integer in 1..{max_order}, got {order!r}")
+        self.max_order, self.lower_order_final = int(order), bool(lower_order_final)
+
+    def _step(self, ev, x, s, t, noise, st):
+        eps = ev.eps(x, s)
+        st.hist.append((s.t, s.sigma / s.alpha, eps))
+        del st.hist[:-self.max_order]
+        order = _lower_order(st, self.max_order, self.lower_order_final)
+        hist = st.hist[::-1][:order]  # newest first
+        return scaled_ab_update(x, s, t, [e for _, _, e in hist], self._weights(ev, s, t, hist))
+
+    def _weights(self, ev, s, t, hist) -> list[float]:
+        raise NotImplementedError
+
+
+@register
+class IPNDM(_ScaledMultistep):
+    """iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", the improved
+    PNDM of its appendix; the low-NFE baseline of GITS and AMED): Adams–Bashforth of order ``order`` (1–4,
+    default 4) on DDIM's ODE ``d xbar/d rho = eps`` (``xbar = x/alpha``, ``rho = sigma/alpha``), warming up at
+    lower order (no Runge–Kutta start, unlike PNDM), one evaluation per step.
+
+    ``variant="variable"`` (default) uses the variable-step Adams–Bashforth weights
+    ``∫ ℓ_j(rho) d rho`` over the step (:func:`lagrange_weights`; the "iPNDM_v" of the GITS/AMED code, and
+    DEIS's rhoAB): order ``order`` on any grid. ``variant="fixed"`` uses the equal-step coefficients
+    :data:`AB_FIXED` times the step in ``rho`` whatever the grid, as the original: on a grid whose step ratios
+    tend to 1 like ``1 + O(h)`` (uniform in log-SNR, polynomial in sigma) it is second order from
+    ``order = 2``, and first order where the ratios stay away from 1 (an optimised or irregular grid). Its
+    declared order is the one that holds on every grid: 1.
+
+    Declared order of the variable form: ``order``. It is approached from below: for ``order = 4``, 3.6, 3.8 and
+    3.9 on Gaussian data over 40–160, 80–320 and 160–640 steps, and 3.8 on the ring mixture over 100–400 steps.
+    The lower-order warm-up steps sit at the noisy end, where ``eps`` barely changes with ``rho``.
+    """
+
+    name = "ipndm"
+
+    def __init__(self, order: int = 4, variant: str = "variable", lower_order_final: bool = True):
+        super().__init__(order, lower_order_final)
+        if variant not in ("variable", "fixed"):
+            raise ValueError(f"unknown iPNDM variant {variant!r}; allowed: 'variable', 'fixed'")
+        self.variant = variant
+        self.order = float(order) if variant == "variable" else 1.0
+
+    def _weights(self, ev, s, t, hist):
+        rho_s, rho_t = s.sigma / s.alpha, t.sigma / t.alpha
+        if self.variant == "fixed":
+            return [c * (rho_t - rho_s) for c in AB_FIXED[len(hist)]]
+        return lagrange_weights([r for _, r, _ in hist], rho_s, rho_t)
+
+
+@register
+class DEIS(_ScaledMultistep):
+    """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", §4, eq. 15): the
+    exponential integrator ``xbar_t = xbar_s + ∫ eps d rho`` (``xbar = x/alpha``, ``rho = sigma/alpha``) with
+    ``eps`` extrapolated by the Lagrange polynomial through the last ``order`` evaluations, its weights
+    ``∫ ℓ_j d rho`` by 8-point Gauss–Legendre quadrature in ``rho`` (:func:`lagrange_weights`; the paper
+    integrates them numerically too). ``order`` 1–4 (default 2, as diffusers' ``DEISMultistepScheduler``; the
+    paper's "tAB-r" is order r + 1; order 1 is DDIM). One evaluation per step, lower order in the warm-up steps.
+
+    ``basis``: the variable the polynomial lives in. ``"time"`` is the paper's tAB, in the diffusion time ``t``.
+    ``"lambda"`` (default) uses the log-SNR ``lambda = -log rho`` instead, as diffusers' ``DEISMultistepScheduler``
+    does. The two agree on continuous schedules. On the discrete DDPM schedule ``log alpha`` is piecewise linear
+    in ``t``, so ``eps`` has a kink at every one of the 1000 knots as a function of ``t``, but not as a function
+    of ``lambda``.
+
+    Declared order: ``order`` with ``basis="lambda"``. Measured on the ring mixture against a float64 reference
+    (100–400 steps): 1.9 for order 2, 2.9–3.0 for 3, 3.3–4.3 for 4. With ``basis="time"`` it is
+    ``min(order, 3)``: at order 4 the kinks leave an error floor near 2e-7 on the discrete schedule (2.6 measured
+    there, 3.6–4.0 on the linear VP schedule). On single-Gaussian data the global error of order 3 changes sign
+    between 40 and 80 steps on grids uniform in sqrt(t) of the discrete schedule, so the conformance suite's
+    order ladder there cannot measure it. This is why the default order is 2.
+    """
+
+    name = "deis"
+
+    def __init__(self, order: int = 2, basis: str = "lambda", lower_order_final: bool = True):
+        super().__init__(order, lower_order_final)
+        if basis not in ("lambda", "time"):
+            raise ValueError(f"unknown DEIS basis {basis!r}; allowed: 'lambda', 'time'")
+        self.basis = basis
+        self.order = float(order) if basis == "lambda" else float(min(order, 3))
+
+    def _weights(self, ev, s, t, hist):
+        rho_s, rho_t = s.sigma / s.alpha, t.sigma / t.alpha
+        if len(hist) == 1:
+            return [rho_t - rho_s]
+        if self.basis == "lambda":
+            return lagrange_weights([-math.log(r) for _, r, _ in hist], rho_s, rho_t,
+                                    at=lambda rhos: [-math.log(r) for r in rhos])
+        proc = ev.problem.process
+
+        def time_of(rhos):
+            return proc.t_from_log_snr(-torch.log(torch.tensor(rhos, dtype=torch.float64))).tolist()
+
+        return lagrange_weights([u for u, _, _ in hist], rho_s, rho_t, at=time_of)
 
 
 # --- EDM ------------------------------------------------------------------------------------------------
