@@ -118,9 +118,12 @@ class ComparisonConfig:
     scatter_nfe: int | None = None  # save the samples of this NFE (scatter plots, image grids)
     reference_check: bool = True
     extra: dict = field(default_factory=dict)
+    #: ``"solver:steps" -> t`` (continuous, decreasing): configurations that run on this grid instead of
+    #: ``spacing`` (``sdekit compare --grid FILE``)
+    grids: dict = field(default_factory=dict)
 
     def key(self) -> str:
-        skip = ("solvers", "nfe", "scatter_nfe", "reference_check")
+        skip = ("solvers", "nfe", "scatter_nfe", "reference_check") + (() if self.grids else ("grids",))
         blob = json.dumps({k: v for k, v in vars(self).items() if k not in skip}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -471,12 +474,24 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
         steps = max(1, nfe // solver.evals_per_step)
         x = x_T.to(device=cfg.device, dtype=dtype)
         t0 = time.perf_counter()
-        sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end,
-                     generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
+        grid_t = cfg.grids.get(f"{solver_name}:{steps}")
+        if grid_t is not None:
+            from .grid_opt import _model_grid
+
+            if abs(grid_t[0] - t_start) > 1e-9 or abs(grid_t[-1] - t_end) > 1e-9:
+                raise ValueError(f"the grid for {solver_name} with {steps} steps runs from t = {grid_t[0]:g} to "
+                                 f"{grid_t[-1]:g}; this comparison runs from {t_start:g} to {t_end:g}")
+            grid = _model_grid(model, torch.tensor(grid_t, dtype=torch.float64))
+            sol = sample(model, x, solver_name, grid=grid,
+                         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
+        else:
+            sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end,
+                         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
         wall = time.perf_counter() - t0
         out = sol.x.double().cpu()
         rec = {"solver": solver_name, "kind": _kind(solver_name), "nfe_budget": nfe, "steps": steps,
-               "nfe": int(sol.stats["nfe"]), "wall_s": wall, "spacing": cfg.spacing, "samples": cfg.samples,
+               "nfe": int(sol.stats["nfe"]), "wall_s": wall,
+               "spacing": "grid file" if grid_t is not None else cfg.spacing, "samples": cfg.samples,
                "seed": cfg.seed, "t_end": t_end, "model": cfg.model_name, "config_key": cfg.key(),
                "finite": bool(torch.isfinite(out).all())}
         if ref is not None and rec["kind"] == "deterministic":

@@ -1,14 +1,29 @@
 """Time-grid optimisation: choose the grid that minimises a deterministic sampler's error on a given model.
 
-The grid is parameterised by its log-SNR increments, ``lambda_i = lambda_start + (lambda_end - lambda_start)
-· cumsum(softmax(theta))_i``, so every parameter vector gives a strictly monotone grid with fixed ends.
-Starting from the best of the standard spacings, Nelder–Mead minimises the RMSE of the sampler's end points
-on pilot trajectories against a float64 DOP853 solve of the PF-ODE from the same ``x_T``. The result is
-validated on fresh ``x_T`` the optimiser never saw, and returned with both errors so a user can judge it.
+Two methods, one entry point (:func:`optimize_grid`):
+
+``"dp"`` (default): dynamic programming over a fine candidate grid, after GITS (Chen et al., ICML 2024, "On the
+Trajectory Regularity of ODE-based Diffusion Sampling"). Teacher trajectories (a float64 DOP853 solve of the
+PF-ODE from the pilot ``x_T``, read at every candidate time) give the cost of each candidate step ``i -> j``: the
+RMS over the teachers of the sampler's one step from the teacher state at ``c_i`` minus the teacher state at
+``c_j``. A multistep sampler's one step from a fresh state is its first-order warm-up, so its costs are those
+of DDIM. The ``steps``-step grid minimising the summed costs is a shortest path in the DAG of candidates,
+found exactly in ``O(steps · N²)``. The summed local errors stand in for the global error, and a multistep
+sampler's history is not in them, so a short Nelder–Mead polish (``refine`` runs of the real sampler on the
+pilots, as below) starts from the better of the DP grid and the best standard spacing.
+
+``"nelder_mead"``: the grid is parameterised by its log-SNR increments, ``lambda_i = lambda_start +
+(lambda_end - lambda_start) · cumsum(softmax(theta))_i`` (every parameter vector gives a strictly monotone grid
+with fixed ends); starting from the best standard spacing, Nelder–Mead minimises the RMSE of the sampler's end
+points on the pilot trajectories against the reference.
+
+Both select on pilot trajectories and fall back to the best standard spacing if that is better there; the
+result is validated on fresh ``x_T`` the optimiser never saw and returned with both errors.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,11 +53,66 @@ class GridResult:
     rmse_fresh_baseline: float
     evaluations: int
     history: list = field(default_factory=list)
+    method: str = "nelder_mead"
+    chosen: str = "optimised"
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in vars(self).items() if k not in ("t", "grid")}
         d["t"], d["grid"] = self.t.tolist(), self.grid.tolist()
         return d
+
+    def save(self, path, model: str | None = None) -> None:
+        """Write this grid as a grid file (:func:`save_grids`)."""
+        save_grids(path, [self], model=model)
+
+
+GRID_FORMAT = "sdekit-grids/1"
+
+
+def save_grids(path, results, model: str | None = None) -> None:
+    """Write grids to a JSON grid file: ``{"format": "sdekit-grids/1", "model": ..., "grids": [entry, ...]}``,
+    each entry :meth:`GridResult.to_dict` (``t`` in continuous time, ``grid`` in the model's convention, the
+    solver, the step count and the pilot and fresh errors). ``sdekit compare --grid FILE`` reads it."""
+    import json
+    import os
+
+    entries = [r.to_dict() if isinstance(r, GridResult) else dict(r) for r in results]
+    blob = json.dumps({"format": GRID_FORMAT, "model": model, "grids": entries}, indent=1)
+    os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(blob)
+
+
+def load_grids(path) -> list[dict]:
+    """Read a grid file written by :func:`save_grids`; every entry is checked (a registered deterministic
+    solver, ``steps`` whole steps, a finite strictly decreasing ``t`` of ``steps + 1`` times)."""
+    import json
+
+    from ..solvers import REGISTRY
+
+    try:
+        with open(path) as f:
+            blob = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"grid file {path}: not JSON ({e})") from None
+    if not isinstance(blob, dict) or blob.get("format") != GRID_FORMAT or not isinstance(blob.get("grids"), list):
+        raise ValueError(f"grid file {path}: not an sdekit grid file (format {GRID_FORMAT!r} with a list 'grids')")
+    out = []
+    for i, e in enumerate(blob["grids"]):
+        where = f"grid file {path}, entry {i}"
+        if not isinstance(e, dict) or not {"solver", "steps", "t"} <= set(e):
+            raise ValueError(f"{where}: needs 'solver', 'steps' and 't'")
+        if e["solver"] not in REGISTRY:
+            raise ValueError(f"{where}: unknown solver {e['solver']!r}")
+        t = torch.as_tensor(e["t"], dtype=torch.float64)
+        steps = e["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or t.ndim != 1 or t.numel() != steps + 1:
+            raise ValueError(f"{where}: 'steps' must be an int with len(t) = steps + 1, got {steps!r}, {t.numel()}")
+        if not bool(torch.isfinite(t).all()) or not bool((t[1:] < t[:-1]).all()):
+            raise ValueError(f"{where}: 't' must be finite and strictly decreasing")
+        out.append({**e, "t": t.tolist(), "model": blob.get("model")})
+    return out
 
 
 def _model_grid(model, t: torch.Tensor) -> torch.Tensor:
@@ -54,19 +124,40 @@ def _model_grid(model, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, n_pilot: int = 128, n_fresh: int = 256,
-                  seed: int = 0, t_start: float | None = None, t_end: float | None = None, max_evals: int = 400,
-                  reference_rtol: float = 1e-10, **options) -> GridResult:
+METHODS = ("dp", "nelder_mead")
+
+
+def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "dp", n_pilot: int = 128,
+                  n_fresh: int = 256, seed: int = 0, t_start: float | None = None, t_end: float | None = None,
+                  candidates: int = 100, refine: int = 100, max_evals: int = 400, reference_rtol: float = 1e-10,
+                  progress: bool = False, **options) -> GridResult:
     """Optimise the time grid of a deterministic ``solver`` with ``steps`` steps on ``model``.
 
-    ``options`` go to the sampler (e.g. ``order=3`` for UniPC). Costs ``max_evals`` sampler runs on ``n_pilot``
-    trajectories plus two float64 reference solves.
+    Args:
+        method: ``"dp"`` (GITS-style dynamic programming over ``candidates + 1`` log-SNR-uniform candidate
+            times; costs ``candidates · (candidates + 1) / 2`` one-step sampler calls on the ``n_pilot``
+            teachers), then ``refine`` Nelder–Mead evaluations of the sampler on the pilots from the better of
+            that grid and the best standard spacing (0: the DP grid as it is); or ``"nelder_mead"``
+            (``max_evals`` sampler runs on the pilots from the best standard spacing). See the module docstring.
+        n_pilot: pilot trajectories (the teachers of ``"dp"``); ``n_fresh``: fresh trajectories for validation.
+        progress: show a progress bar over the cost matrix (``"dp"``) or the evaluations (``"nelder_mead"``).
+        options: go to the sampler (e.g. ``order=3`` for UniPC).
+
+    Costs two float64 reference solves (pilots at every candidate time, fresh draws at the end).
     """
     s = get_solver(solver, **options)
     if s.noise_types:
         raise ValueError(f"optimize_grid needs a deterministic sampler; {s.name!r} is stochastic")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if method == "dp" and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < steps):
+        raise ValueError(f"candidates must be an int >= steps ({steps}), got {candidates!r}")
+    for name, v in (("n_pilot", n_pilot), ("n_fresh", n_fresh)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    started = time.perf_counter()
     p = model.process
     shape = getattr(model, "sample_shape", None)
     if shape is None:
@@ -77,7 +168,15 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, n_pilot: int = 1
     pilots = p.prior_sample((n_pilot, *shape), generator=gen, dtype=torch.float64)
     fresh = p.prior_sample((n_fresh, *shape), generator=gen, dtype=torch.float64)
     ode = probability_flow(p, model)
-    ref_p = reference_solve(ode, pilots, t_hi, t_lo, rtol=reference_rtol, atol=reference_rtol)
+    lam_hi = float(p.log_snr(torch.tensor(t_hi, dtype=torch.float64)))
+    lam_lo = float(p.log_snr(torch.tensor(t_lo, dtype=torch.float64)))
+    if method == "dp":
+        cand = p.t_from_log_snr(torch.linspace(lam_hi, lam_lo, candidates + 1, dtype=torch.float64))
+        cand[0], cand[-1] = t_hi, t_lo
+        teacher = reference_solve(ode, pilots, t_hi, t_lo, t_eval=cand, rtol=reference_rtol, atol=reference_rtol)
+        ref_p = teacher[-1]
+    else:
+        ref_p = reference_solve(ode, pilots, t_hi, t_lo, rtol=reference_rtol, atol=reference_rtol)
     ref_f = reference_solve(ode, fresh, t_hi, t_lo, rtol=reference_rtol, atol=reference_rtol)
 
     def err(t_grid, x, ref):
@@ -88,8 +187,72 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, n_pilot: int = 1
     base = {sp: err(time_grid(p, steps, sp, t_start=t_hi, t_end=t_lo), pilots, ref_p) for sp in SPACINGS}
     best = min(base, key=base.get)
     t0 = time_grid(p, steps, best, t_start=t_hi, t_end=t_lo)
-    lam_hi = float(p.log_snr(torch.tensor(t_hi, dtype=torch.float64)))
-    lam_lo = float(p.log_snr(torch.tensor(t_lo, dtype=torch.float64)))
+    history = []
+    if method == "dp":
+        cost = _step_costs(s, ode, cand, teacher, progress)
+        t_opt = cand[_shortest_path(cost, steps)]
+        if refine and steps > 1:  # polish with the sampler's own error (multistep history included)
+            start = t_opt if err(t_opt, pilots, ref_p) < base[best] else t0
+            t_opt = _nelder_mead(err, pilots, ref_p, p, start, t_hi, t_lo, lam_hi, lam_lo, refine, history, progress)
+    elif steps > 1:
+        t_opt = _nelder_mead(err, pilots, ref_p, p, t0, t_hi, t_lo, lam_hi, lam_lo, max_evals, history, progress)
+    else:
+        t_opt = t0
+    rmse_opt = err(t_opt, pilots, ref_p)
+    chosen = "optimised"
+    if not rmse_opt < base[best]:  # selected on the pilots: keep the best standard spacing if it is better there
+        t_opt, rmse_opt, chosen = t0, base[best], f"baseline ({best})"
+    return GridResult(t=t_opt, grid=_model_grid(model, t_opt), solver=s.name, steps=steps, baseline=best,
+                      rmse_pilot=rmse_opt, rmse_pilot_baseline=base[best],
+                      rmse_fresh=err(t_opt, fresh, ref_f), rmse_fresh_baseline=err(t0, fresh, ref_f),
+                      evaluations=len(history), history=history, method=method, chosen=chosen,
+                      seconds=time.perf_counter() - started)
+
+
+def _step_costs(solver, ode, cand: torch.Tensor, teacher: torch.Tensor, progress: bool) -> np.ndarray:
+    """``cost[i, j]`` (``i < j``): RMS over the teachers of one step of ``solver`` from ``teacher[i]`` at
+    ``cand[i]`` to ``cand[j]``, minus ``teacher[j]``; ``inf`` elsewhere."""
+    n = len(cand)
+    cost = np.full((n, n), np.inf)
+    times = cand.tolist()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n * (n - 1) // 2, desc=f"optimize_grid[dp, {solver.name}]", leave=False)
+    for i in range(n - 1):
+        x = teacher[i]
+        for j in range(i + 1, n):
+            state = solver.init(ode, times[i], x)
+            x1 = solver.step(ode, times[i], times[j], x, None, state).x1
+            v = float((x1 - teacher[j]).pow(2).mean().sqrt())
+            cost[i, j] = v if np.isfinite(v) else np.inf
+        if bar is not None:
+            bar.update(n - 1 - i)
+    if bar is not None:
+        bar.close()
+    return cost
+
+
+def _shortest_path(cost: np.ndarray, steps: int) -> list[int]:
+    """Indices ``0 = i_0 < ... < i_steps = N - 1`` minimising ``sum cost[i_k, i_k+1]`` (dynamic programming)."""
+    n = cost.shape[0]
+    best = np.full((steps + 1, n), np.inf)
+    arg = np.zeros((steps + 1, n), dtype=int)
+    best[0, 0] = 0.0
+    for k in range(1, steps + 1):
+        total = best[k - 1][:, None] + cost  # (from, to)
+        arg[k] = np.argmin(total, axis=0)
+        best[k] = total[arg[k], np.arange(n)]
+    if not np.isfinite(best[steps, n - 1]):
+        raise ValueError(f"no finite {steps}-step path through the candidate grid (non-finite sampler steps)")
+    path = [n - 1]
+    for k in range(steps, 0, -1):
+        path.append(int(arg[k, path[-1]]))
+    return path[::-1]
+
+
+def _nelder_mead(err, pilots, ref_p, p, t0, t_hi, t_lo, lam_hi, lam_lo, max_evals, history, progress):
     lam0 = p.log_snr(t0)
     theta0 = torch.log((lam0[1:] - lam0[:-1]).clamp_min(1e-12) / (lam_lo - lam_hi)).numpy()
 
@@ -100,23 +263,23 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, n_pilot: int = 1
         t[0], t[-1] = t_hi, t_lo
         return t
 
-    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_evals, desc="optimize_grid[nelder_mead]", leave=False)
 
     def objective(theta):
         v = err(grid_of(theta), pilots, ref_p)
         history.append(v)
+        if bar is not None:
+            bar.update(1)
         return np.log(v)
 
-    if steps > 1:
-        import scipy.optimize  # loaded on first use
+    import scipy.optimize  # loaded on first use
 
-        res = scipy.optimize.minimize(objective, theta0, method="Nelder-Mead",
-                                      options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-6, "adaptive": True})
-        theta = res.x if np.exp(res.fun) < base[best] else theta0
-    else:
-        theta = theta0
-    t_opt = grid_of(theta)
-    return GridResult(t=t_opt, grid=_model_grid(model, t_opt), solver=s.name, steps=steps, baseline=best,
-                      rmse_pilot=err(t_opt, pilots, ref_p), rmse_pilot_baseline=base[best],
-                      rmse_fresh=err(t_opt, fresh, ref_f), rmse_fresh_baseline=err(t0, fresh, ref_f),
-                      evaluations=len(history), history=history)
+    res = scipy.optimize.minimize(objective, theta0, method="Nelder-Mead",
+                                  options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-6, "adaptive": True})
+    if bar is not None:
+        bar.close()
+    return grid_of(res.x)

@@ -1,8 +1,10 @@
-"""The ``sdekit`` command: one module per command (``sdekit.cli.compare``, ``order``, ``likelihood``, ``info``,
-``demo``); this module holds the parser and ``main``.
+"""The ``sdekit`` command: one module per command (``sdekit.cli.compare``, ``grid``, ``order``, ``likelihood``,
+``info``, ``demo``); this module holds the parser and ``main``.
 
 ``sdekit compare``  plug a score model into a solver comparison (embedded analytic default, or
                     ``--model package.module:factory``): table, JSON records (resumable), PNG plots.
+``sdekit grid``     optimise a sampler's time grid (``sdekit.optimize_grid``) and write a grid file for
+                    ``compare --grid``.
 ``sdekit order``    convergence-order benchmark: fitted order with confidence interval vs declared, PASS/FAIL.
 ``sdekit info``     version and the registry with declared orders.
 ``sdekit demo``     the README's main job: ``compare`` on the embedded default with a modest budget.
@@ -17,6 +19,7 @@ from .. import __version__
 from .common import MAX_NFE, PROCESSES, REFERENCE_RTOL_ANALYTIC, REFERENCE_RTOL_NETWORK, load_model, make_process
 from .compare import cmd_compare
 from .demo import cmd_demo
+from .grid import cmd_grid
 from .info import cmd_info
 from .likelihood import cmd_likelihood
 from .order import cmd_order
@@ -76,10 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scipy method of the float64 reference solve")
     c.add_argument("--no-reference-check", action="store_true",
                    help="skip the second reference solve at a 100 times looser tolerance")
+    c.add_argument("--grid", default=None,
+                   help="grid file (sdekit grid): a solver at a step count it holds runs on that grid, not --spacing")
     c.add_argument("--out", default="runs/compare", help="output folder (records, results.json, plots)")
     c.add_argument("--resume", action="store_true", help="skip configurations whose records exist")
     c.add_argument("--no-plots", action="store_true", help="write tables and JSON only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    g = sub.add_parser("grid", help="optimise sampler time grids and write a grid file",
+                       description="Optimise the time grid of deterministic samplers on a model (sdekit.optimize_grid:"
+                                   " selected on pilot trajectories, reported on fresh ones) and write a grid file "
+                                   "for sdekit compare --grid.")
+    g.add_argument("--model", default=None, help="zoo name or package.module:factory (default: the analytic preset)")
+    g.add_argument("--preset", default=None, help="analytic Gaussian-mixture preset (default ring2d; not with --model)")
+    g.add_argument("--process", default=None, help=f"process of the analytic preset: {', '.join(PROCESSES)}")
+    g.add_argument("--solvers", default="dpmpp_2m", help="comma-separated deterministic samplers")
+    g.add_argument("--steps", default="10", help="comma-separated step counts")
+    g.add_argument("--method", default="dp", help="dp (GITS-style dynamic programming, then a short polish) or "
+                                                  "nelder_mead")
+    g.add_argument("--pilots", type=int, default=128, help="pilot trajectories (teachers)")
+    g.add_argument("--fresh", type=int, default=256, help="fresh trajectories for the reported errors")
+    g.add_argument("--candidates", type=int, default=100, help="candidate steps of the DP (candidate times - 1)")
+    g.add_argument("--refine", type=int, default=100, help="Nelder–Mead evaluations of the polish (0: none)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the pilot and fresh x_T")
+    g.add_argument("--out", default="runs/grids.json", help="grid file to write")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     o = sub.add_parser("order", help="convergence-order benchmark",
                        description="Measure convergence orders on problems with exact answers: fitted order "
@@ -133,7 +157,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "demo": cmd_demo, "compare": cmd_compare, "order": cmd_order,
-                "likelihood": cmd_likelihood, None: cmd_info}
+                "likelihood": cmd_likelihood, "grid": cmd_grid, None: cmd_info}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as e:

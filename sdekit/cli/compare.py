@@ -46,11 +46,13 @@ def cmd_compare(args) -> int:
         ref_rtol = REFERENCE_RTOL_ANALYTIC if analytic else REFERENCE_RTOL_NETWORK
     if not 0 < ref_rtol < 1e-2:
         raise ValueError(f"--reference-rtol must be in (0, 1e-2), got {ref_rtol:g}")
+    grid_file = getattr(args, "grid", None)  # sdekit demo builds its own arguments, without one
+    grids = _grids_for(grid_file, model, solvers, nfe, name) if grid_file else {}
     cfg = ComparisonConfig(solvers=solvers, nfe=nfe, spacing=args.spacing, samples=args.samples, seed=args.seed,
                            dtype=args.dtype, device=args.device, model_name=name, reference_rtol=ref_rtol,
                            reference_method=args.reference_method,
                            reference_check=not args.no_reference_check,
-                           scatter_nfe=scatter_nfe if is_points or is_image else None)
+                           scatter_nfe=scatter_nfe if is_points or is_image else None, grids=grids)
     data = None
     if not analytic and args.model is not None and ":" not in args.model:
         from .. import zoo
@@ -62,8 +64,9 @@ def cmd_compare(args) -> int:
     with open(os.path.join(args.out, "results.json")) as f:
         summary = json.load(f)
     det = [r for r in records if r.get("rmse_vs_reference") is not None]
-    print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}, seed {args.seed}; "
-          "columns are NFE budgets")
+    on_file = f" (grid file {grid_file} for {', '.join(sorted(grids))})" if grids else ""
+    print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}{on_file}, seed "
+          f"{args.seed}; columns are NFE budgets")
     if det:
         print("\nRMSE vs a float64 DOP853 reference solve of the PF-ODE from the same x_T "
               "(sqrt of the mean over samples and coordinates of the squared difference):")
@@ -116,3 +119,33 @@ def cmd_compare(args) -> int:
                   file=sys.stderr)
     print(f"\nrecords: {os.path.join(args.out, 'results.json')}" + "".join(f"\nplot: {p}" for p in plots))
     return 0
+
+
+def _grids_for(path: str, model, solvers: list[str], nfe: list[int], name: str) -> dict:
+    """``"solver:steps" -> t`` from a grid file, for the configurations of this comparison; its grids must span
+    the comparison's interval; a grid for another model is used but noted."""
+    from ..bench.grid_opt import load_grids
+    from ..solvers import get as get_solver
+
+    entries = load_grids(path)
+    p = model.process
+    t_start, t_end = float(p.t_max), float(p.t_min)
+    wanted = {f"{s}:{max(1, n // get_solver(s).evals_per_step)}" for s in solvers for n in nfe}
+    grids = {}
+    for e in entries:
+        key = f"{e['solver']}:{e['steps']}"
+        if key not in wanted:
+            continue
+        t = e["t"]
+        if abs(t[0] - t_start) > 1e-9 or abs(t[-1] - t_end) > 1e-9:
+            raise ValueError(f"--grid {path}: the grid for {key} runs from t = {t[0]:g} to {t[-1]:g}, the "
+                             f"comparison from {t_start:g} to {t_end:g}")
+        grids[key] = t
+    if not grids:
+        held = ", ".join(f"{e['solver']}:{e['steps']}" for e in entries)
+        raise ValueError(f"--grid {path}: none of its grids ({held}) matches a solver and step count of this "
+                         "comparison")
+    model_of = entries[0].get("model")
+    if model_of is not None and model_of != name:
+        print(f"sdekit: note: the grids of {path} were optimised for {model_of}, not {name}", file=sys.stderr)
+    return grids
