@@ -158,6 +158,11 @@ DPM_CASES = [(5, "zero", True), (8, "zero", True), (5, "sigma_min", True), (8, "
              (12, "sigma_min", False), (15, "sigma_min", True), (20, "sigma_min", True), (25, "sigma_min", False)]
 
 
+#: diffusers lowers a multistep order by step count only; sdekit's default also lowers it where the step ratio in
+#: lambda exceeds MAX_STEP_RATIO (the last steps of time-uniform grids): off for the algorithm-for-algorithm parity.
+DIFFUSERS_RULE = {"max_step_ratio": None}
+
+
 def _dpm(order, final, lof, **kw):
     return _float64_schedule(DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=order,
                                                          final_sigmas_type=final, lower_order_final=lof, **kw))
@@ -167,7 +172,8 @@ def _dpm(order, final, lof, **kw):
 def test_dpmpp_2m_matches_dpmsolvermultistep(x_T, n, final, lof):
     sched = _dpm(2, final, lof)
     y = run_diffusers(sched, n, x_T)
-    sol = sample(MODEL, x_T, "dpmpp_2m", grid=grid_of(sched, -1 if final == "zero" else 0), lower_order_final=lof)
+    sol = sample(MODEL, x_T, "dpmpp_2m", grid=grid_of(sched, -1 if final == "zero" else 0), lower_order_final=lof,
+                 **DIFFUSERS_RULE)
     assert sol.stats["nfe"] == n
     torch.testing.assert_close(sol.x, y, rtol=0, atol=ATOL_F32)
 
@@ -177,10 +183,10 @@ def test_dpmpp_3m_reference_variant_matches_dpmsolvermultistep(x_T, n, final, lo
     sched = _dpm(3, final, lof)
     y = run_diffusers(sched, n, x_T)
     grid = grid_of(sched, -1 if final == "zero" else 0)
-    ref = sample(MODEL, x_T, "dpmpp_3m", grid=grid, variant="reference", lower_order_final=lof).x
+    ref = sample(MODEL, x_T, "dpmpp_3m", grid=grid, variant="reference", lower_order_final=lof, **DIFFUSERS_RULE).x
     torch.testing.assert_close(ref, y, rtol=0, atol=ATOL_F32)
     # The tolerance discriminates: sdekit's default (Taylor) third-order coefficient is a different method.
-    taylor = sample(MODEL, x_T, "dpmpp_3m", grid=grid, variant="taylor", lower_order_final=lof).x
+    taylor = sample(MODEL, x_T, "dpmpp_3m", grid=grid, variant="taylor", lower_order_final=lof, **DIFFUSERS_RULE).x
     assert max_diff(taylor, y) > 50 * ATOL_F32
 
 
@@ -201,7 +207,7 @@ def test_dpmpp_karras_sigmas_equal_sdekit_with_rounded_model_times(x_T, order, n
         k = int((idx - float(i[0])).abs().argmin())
         return eps_net(x, torch.full_like(i, rounded[k]))
 
-    name, kw = ("dpmpp_2m", {}) if order == 2 else ("dpmpp_3m", {"variant": "reference"})
+    name, kw = ("dpmpp_2m", DIFFUSERS_RULE) if order == 2 else ("dpmpp_3m", {"variant": "reference", **DIFFUSERS_RULE})
     emulated = sample(ScoreModel(net_rounded, PROCESS, "eps", time_input="index"), x_T, name, grid=grid, **kw).x
     torch.testing.assert_close(emulated, y, rtol=0, atol=ATOL_F32)
     exact_times = sample(MODEL, x_T, name, grid=grid, **kw).x
@@ -213,7 +219,7 @@ def test_dpmpp_karras_sigmas_equal_sdekit_with_rounded_model_times(x_T, order, n
 def test_dpmpp_2m_lower_order_final_threshold_differs(x_T):
     sched = _dpm(2, "sigma_min", True)
     y = run_diffusers(sched, 12, x_T)
-    z = sample(MODEL, x_T, "dpmpp_2m", grid=grid_of(sched, 0), lower_order_final=True).x
+    z = sample(MODEL, x_T, "dpmpp_2m", grid=grid_of(sched, 0), lower_order_final=True, **DIFFUSERS_RULE).x
     torch.testing.assert_close(z, y, rtol=0, atol=ATOL_F32)
 
 
@@ -223,7 +229,7 @@ def test_multistep_to_sigma_zero_with_many_steps(x_T, solver):
     order = 2 if solver == "dpmpp_2m" else 3
     sched = _dpm(order, "zero", True)
     y = run_diffusers(sched, 20, x_T)
-    kw = {"variant": "reference"} if order == 3 else {}
+    kw = {"variant": "reference", **DIFFUSERS_RULE} if order == 3 else DIFFUSERS_RULE
     z = sample(MODEL, x_T, solver, grid=grid_of(sched, -1), **kw).x
     torch.testing.assert_close(z, y, rtol=0, atol=ATOL_F32)
 
@@ -250,7 +256,7 @@ def test_unipc_matches_unipcmultistep(x_T, order, variant, n, final, lof):
     sched = _unipc(order, variant, final, lof)
     y = run_diffusers(sched, n, x_T)
     sol = sample(MODEL, x_T, "unipc", grid=grid_of(sched, -1 if final == "zero" else 0), order=order,
-                 variant=variant, lower_order_final=lof)
+                 variant=variant, lower_order_final=lof, **DIFFUSERS_RULE)
     assert sol.stats["nfe"] == n  # the last step is not corrected in either library
     torch.testing.assert_close(sol.x, y, rtol=0, atol=ATOL_F64)
 
@@ -260,5 +266,6 @@ def test_unipc_matches_unipcmultistep(x_T, order, variant, n, final, lof):
 def test_unipc_lower_order_final_for_long_runs_differs(x_T):
     sched = _unipc(2, "bh2", "sigma_min", True)
     y = run_diffusers(sched, 20, x_T)
-    z = sample(MODEL, x_T, "unipc", grid=grid_of(sched, 0), order=2, variant="bh2", lower_order_final=True).x
+    z = sample(MODEL, x_T, "unipc", grid=grid_of(sched, 0), order=2, variant="bh2", lower_order_final=True,
+               **DIFFUSERS_RULE).x
     torch.testing.assert_close(z, y, rtol=0, atol=ATOL_F64)

@@ -418,3 +418,36 @@ def test_first_order_ipndm_and_deis_are_ddim():
     ddim = sample(m, x, "ddim", steps=12).x
     for name in ("ipndm", "deis"):
         torch.testing.assert_close(sample(m, x, name, steps=12, order=1).x, ddim, rtol=1e-11, atol=1e-11)
+
+
+# --- the step-ratio order rule ---------------------------------------------------------------------------------
+def test_ratio_order_lowers_only_where_a_stencil_step_ratio_exceeds_the_bound():
+    from sdekit.solvers.diffusion import _ratio_order
+
+    lam = [0.0, 1.0, 2.0]  # equal steps of 1
+    assert _ratio_order(3, lam, 1.0, 3.5) == 3
+    assert _ratio_order(3, lam, 3.4, 3.5) == 3
+    assert _ratio_order(3, lam, 3.6, 3.5) == 1  # the newest ratio is in every stencil
+    assert _ratio_order(3, [0.0, 0.2, 2.0], 1.0, 3.5) == 2  # an old ratio of 9: order 3 only
+    assert _ratio_order(3, lam, 100.0, None) == 3
+
+
+def test_ratio_rule_rescues_time_uniform_grids_and_changes_nothing_elsewhere():
+    """Time-uniform grids to t_min end with log-SNR step ratios of about 4.7 (10 steps): DPM-Solver++(3M) and
+    UniPC there are far more accurate with the rule (measured on ring2d: 3M 1.9 -> 0.09, UniPC 0.27 -> 0.15 on
+    stress8d). On log-SNR-uniform grids (ratio 1) the rule never acts: bitwise the same."""
+    p = VP()
+    m = GaussianMixture.preset("ring2d").model(p)
+    x = x_T_for(p, n=128)
+    ref = reference_solve(sdekit.probability_flow(p, m), x, p.t_max, p.t_min, rtol=1e-10, atol=1e-10)
+
+    def err(name, spacing, ratio):
+        out = sample(m, x, name, steps=10, spacing=spacing, max_step_ratio=ratio).x
+        return float((out - ref).pow(2).mean().sqrt())
+
+    assert err("dpmpp_3m", "time", None) > 5 * err("dpmpp_3m", "time", 3.5)
+    assert err("dpmpp_2m", "time", None) > 2 * err("dpmpp_2m", "time", 3.5)
+    for name in ("dpmpp_3m", "unipc", "ipndm", "deis"):
+        assert err(name, "log_snr", None) == err(name, "log_snr", 3.5)
+    with pytest.raises(ValueError, match="max_step_ratio must be a number >= 1"):
+        REGISTRY["dpmpp_2m"](max_step_ratio=0.5)

@@ -421,6 +421,47 @@ def _lower_order(st: SamplerState, order: int, lower_order_final: bool) -> int:
     return max(order, 1)
 
 
+#: Default step-ratio bound of the multistep samplers (``max_step_ratio``): see :func:`_ratio_order`.
+MAX_STEP_RATIO = 3.5
+
+
+def _check_ratio(max_step_ratio):
+    if max_step_ratio is None:
+        return None
+    if isinstance(max_step_ratio, bool) or not isinstance(max_step_ratio, (int, float)) or not max_step_ratio >= 1:
+        raise ValueError(f"max_step_ratio must be a number >= 1 or None, got {max_step_ratio!r}")
+    return float(max_step_ratio)
+
+
+def _ratio_order(order: int, lambdas, h: float, max_ratio: float | None) -> int:
+    """Lower a multistep order while a step of its stencil is more than ``max_ratio`` times the one before it.
+
+    ``lambdas``: the history's log-SNRs, newest (the step's start) last; ``h``: the new step in lambda. An order-p
+    step extrapolates the model output through the last p points, over the stencil's steps
+    ``(h_{-p+1}, ..., h_{-1}, h)``. For p = 2 the older point enters with the weight ``omega / 2`` relative to
+    the newest one, where ``omega = h / h_{-1}`` (the ``1/(2 r0)`` of :func:`dpmpp_multistep_update`). So the
+    extrapolation reaches ``omega / 2`` previous steps ahead. Higher orders grow like ``omega^(p-1)``. This is
+    the step-ratio condition of variable-step multistep theory (Hairer, Nørsett & Wanner, Solving ODEs I,
+    §III.5; for BDF2, zero stability needs ``omega < 1 + sqrt 2``, Grigorieff 1983).
+
+    The bound 3.5 is measured, not derived. Time-uniform grids ending at ``t_min`` end with ratios of 4.1–4.7.
+    There DPM-Solver++(3M) at 10 NFE gave an RMSE of 2.5 on stress8d and 1.9 on ring2d, and 0.15 and 0.09 with
+    the bound. Every other grid family (log-SNR, quadratic, Karras: ratios at most 2.3) and the step-count
+    rule's short runs came out unchanged, for any bound between 2 and 4. The irregular grids of the
+    conformance suite and alternating optimised grids have ratios near 3 and keep their order. None disables
+    the rule.
+    """
+    if max_ratio is None or order <= 1:
+        return order
+    steps = [b - a for a, b in zip(lambdas[:-1], lambdas[1:])] + [h]
+    while order > 1:
+        stencil = steps[-order:]
+        if all(later <= max_ratio * earlier for earlier, later in zip(stencil[:-1], stencil[1:])):
+            break
+        order -= 1
+    return order
+
+
 def _push(st: SamplerState, lambda_: float, denoised, keep: int):
     """Append ``(lambda_, D)`` to the multistep history, keeping the newest ``keep`` entries."""
     st.hist.append((lambda_, denoised))
@@ -594,8 +635,9 @@ class DPMSolverPPMultistep(DiffusionSampler):
     max_order = 2
 
     def __init__(self, lower_order_final: bool = True, order: int | None = None, warmup: str = "lower_order",
-                 variant: str = "taylor"):
+                 variant: str = "taylor", max_step_ratio: float | None = MAX_STEP_RATIO):
         self.lower_order_final = bool(lower_order_final)
+        self.max_step_ratio = _check_ratio(max_step_ratio)
         if order is not None:  # e.g. dpmpp_2m with order=1 is DPM-Solver++(1)
             if order not in (1, 2, 3):
                 raise ValueError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order!r}")
@@ -611,6 +653,7 @@ class DPMSolverPPMultistep(DiffusionSampler):
         denoised = ev.denoised(x, s)
         hist = _push(st, s.lambda_, denoised, keep=3)
         order = _lower_order(st, self.max_order, self.lower_order_final)
+        order = _ratio_order(order, [lam for lam, _ in hist], t.lambda_ - s.lambda_, self.max_step_ratio)
         if self.warmup == "singlestep" and st.k == 0 and self.max_order == 3 and order == 1:
             return dpmpp_2s_update(x, s, t, denoised, ev)
         return dpmpp_multistep_update(x, s, t, hist, order, taylor=self.variant == "taylor")
@@ -668,7 +711,9 @@ class UniPC(DiffusionSampler):
     name = "unipc"
     evals_per_step = 1
 
-    def __init__(self, order: int = 2, variant: str = "bh2", lower_order_final: bool = True):
+    def __init__(self, order: int = 2, variant: str = "bh2", lower_order_final: bool = True,
+                 max_step_ratio: float | None = MAX_STEP_RATIO):
+        self.max_step_ratio = _check_ratio(max_step_ratio)
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
@@ -685,6 +730,7 @@ class UniPC(DiffusionSampler):
         hist = _push(st, s.lambda_, d0, keep=3)
         order = _lower_order(st, self.unipc_order, self.lower_order_final)
         h = t.lambda_ - s.lambda_
+        order = _ratio_order(order, [lam for lam, _ in hist], h, self.max_step_ratio)
         rks, d1s = [], []
         for i in range(1, order):
             li, di = hist[-(i + 1)]
@@ -717,16 +763,19 @@ class _ScaledMultistep(DiffusionSampler):
     evals_per_step = 1
     prediction = "eps"
 
-    def __init__(self, order: int, lower_order_final: bool, max_order: int = 4):
+    def __init__(self, order: int, lower_order_final: bool, max_step_ratio: float | None, max_order: int = 4):
         if isinstance(order, bool) or order not in range(1, max_order + 1):
             raise ValueError(f"{self.name} order must be an integer in 1..{max_order}, got {order!r}")
         self.max_order, self.lower_order_final = int(order), bool(lower_order_final)
+        self.max_step_ratio = _check_ratio(max_step_ratio)
 
     def _step(self, ev, x, s, t, noise, st):
         eps = ev.eps(x, s)
         st.hist.append((s.t, s.sigma / s.alpha, eps))
         del st.hist[:-self.max_order]
         order = _lower_order(st, self.max_order, self.lower_order_final)
+        lambdas = [-math.log(r) for _, r, _ in st.hist]
+        order = _ratio_order(order, lambdas, t.lambda_ - s.lambda_, self.max_step_ratio)
         hist = st.hist[::-1][:order]  # newest first
         return scaled_ab_update(x, s, t, [e for _, _, e in hist], self._weights(ev, s, t, hist))
 
@@ -756,8 +805,9 @@ class IPNDM(_ScaledMultistep):
 
     name = "ipndm"
 
-    def __init__(self, order: int = 4, variant: str = "variable", lower_order_final: bool = True):
-        super().__init__(order, lower_order_final)
+    def __init__(self, order: int = 4, variant: str = "variable", lower_order_final: bool = True,
+                 max_step_ratio: float | None = MAX_STEP_RATIO):
+        super().__init__(order, lower_order_final, max_step_ratio)
         if variant not in ("variable", "fixed"):
             raise ValueError(f"unknown iPNDM variant {variant!r}; allowed: 'variable', 'fixed'")
         self.variant = variant
@@ -795,8 +845,9 @@ class DEIS(_ScaledMultistep):
 
     name = "deis"
 
-    def __init__(self, order: int = 2, basis: str = "lambda", lower_order_final: bool = True):
-        super().__init__(order, lower_order_final)
+    def __init__(self, order: int = 2, basis: str = "lambda", lower_order_final: bool = True,
+                 max_step_ratio: float | None = MAX_STEP_RATIO):
+        super().__init__(order, lower_order_final, max_step_ratio)
         if basis not in ("lambda", "time"):
             raise ValueError(f"unknown DEIS basis {basis!r}; allowed: 'lambda', 'time'")
         self.basis = basis
