@@ -26,8 +26,10 @@
                                                                 declaring 1
    ==========================  ===============================  =================================================
 
-   The commutative general Milstein (``½ Σ_jk (∂g_k/∂x) g_j (ΔW_j ΔW_k - h δ_jk)``, written here) is the right
-   order-1 scheme on commutative noise (every family but the last); on the Heisenberg SDE it must fail.
+   The commutative general Milstein (``½ Σ_jk (∂g_k/∂x) g_j (ΔW_j ΔW_k - h δ_jk)``,
+   ``tests/test_mutants.py::GeneralMilstein``, of which the two general-noise mutants change only the iterated
+   integrals) is the right order-1 scheme on commutative noise (every family but the last); on the Heisenberg SDE
+   it must fail.
 
 Run: ``python benchmarks/bench_conformance.py`` (both parts, profiles quick and ci, 24 draws: about 15 minutes on
 two cores) or ``--quick`` (profile quick, 6 draws). Writes ``benchmarks/results/bench_conformance.json``
@@ -138,62 +140,34 @@ def mutant_part(profiles, workers: int) -> dict:
 
 
 # --- part 2: separating power --------------------------------------------------------------------------------------
-def _schemes():
-    from sdekit._utils import time_like
-    from sdekit.solvers import Solver, Step
+def _transposed_general_milstein():
+    from test_mutants import GeneralMilstein
 
-    class CommutativeGeneralMilstein(Solver):
-        """Milstein for commutative general noise: ``x + f h + Σ g_k ΔW_k + ½ Σ_jk (∂g_k/∂x) g_j (ΔW_j ΔW_k - h
-        δ_jk)`` (Kloeden & Platen 1992, §10.3, Lévy areas left out: exact when the noise commutes).
-        ``transposed=True`` forms ``(∂g_k/∂x)ᵀ g_j``; ``cross_terms=False`` keeps only j = k."""
+    class TransposedGeneralMilstein(GeneralMilstein):
+        """The general Milstein with ``(∂g_k/∂x)ᵀ g_j`` (a vector-Jacobian product) for ``(∂g_k/∂x) g_j``."""
 
-        name = "commutative_general_milstein"
-        order = 1.0
-        noise_types = ("general",)
+        name = "general_milstein_transposed"
 
-        def __init__(self, transposed: bool = False, cross_terms: bool = True, declared: float = 1.0):
-            super().__init__()
-            self.transposed, self.cross_terms = transposed, cross_terms
-            self.strong_order = self.weak_order = declared
+        def jacobian_term(self, problem, t, x0, g, j):
+            vjp = torch.func.vjp(lambda y: problem.diffusion(t, y), x0)[1]
+            eye = torch.eye(g.shape[-1], dtype=g.dtype)
+            return torch.stack([vjp(eye[k] * g[..., j:j + 1])[0] for k in range(g.shape[-1])], -1)
 
-        def step(self, problem, t0, t1, x0, noise, state):
-            t, h = time_like(t0, x0), t1 - t0
-            x1 = x0 + problem.drift(t, x0) * h
-            if noise is None:
-                return Step(x1)
-            g = problem.diffusion(t, x0)  # (B, *S, m), or (*S, m) unbatched
-            g = g.expand(*x0.shape, g.shape[-1]) if g.ndim == x0.ndim else g
-            m = g.shape[-1]
-            x1 = x1 + problem.g_dw(g, noise, x0)
-            iterated = 0.5 * (noise[:, :, None] * noise[:, None, :] - abs(h) * torch.eye(m, dtype=noise.dtype))
-            if not self.cross_terms:
-                iterated = torch.diag_embed(torch.diagonal(iterated, dim1=1, dim2=2))
-            vjp = torch.func.vjp(lambda y: problem.diffusion(t, y), x0)[1] if self.transposed else None
-            for j in range(m):
-                if vjp is not None:  # column k: (∂g_k/∂x)ᵀ g_j, the cotangent g_j placed in column k
-                    eye = torch.eye(m, dtype=g.dtype)
-                    lg = torch.stack([vjp(eye[k] * g[..., j:j + 1])[0] for k in range(m)], -1)
-                else:
-                    lg = problem.diffusion_jvp(t, x0, g[..., j])  # (∂g_k/∂x) g_j for every k
-                x1 = x1 + problem.g_dw(lg, iterated[:, j, :], x0)
-            return Step(x1)
-
-    return CommutativeGeneralMilstein
+    return TransposedGeneralMilstein
 
 
 def families(batch: int):
-    from test_mutants import FreshLevyAreaGeneralMilstein
+    from test_mutants import DiagonalTermsOnlyGeneralMilstein, FreshLevyAreaGeneralMilstein, GeneralMilstein
     from test_testing import TransposedJacobianMilstein
 
     from sdekit.solvers import REGISTRY
     from sdekit.testing import strategies as S
 
-    cgm = _schemes()
     mil = ("milstein", REGISTRY["milstein"])
     scalar_wrong = [("transposed Jacobian (torchsde 0.2.6)", TransposedJacobianMilstein)]
-    general_right = ("commutative general Milstein", cgm)
-    general_wrong = [("no cross terms (SDETools #2)", lambda: cgm(cross_terms=False)),
-                     ("transposed Jacobian", lambda: cgm(transposed=True))]
+    general_right = ("commutative general Milstein", GeneralMilstein)
+    general_wrong = [("no cross terms (SDETools #2)", DiagonalTermsOnlyGeneralMilstein),
+                     ("transposed Jacobian", _transposed_general_milstein())]
     return [
         ("scalar/non-symmetric", S.commuting_linear_sdes(noise_type="scalar", batch=batch), mil, scalar_wrong),
         ("scalar/nonlinear", S.sheared_gbms(noise_type="scalar", batch=batch), mil, scalar_wrong),
@@ -206,7 +180,7 @@ def families(batch: int):
          general_right, general_wrong),
         ("general/non-commutative", S.heisenberg_sdes(batch=batch), ("euler_maruyama", REGISTRY["euler_maruyama"]),
          [("fresh Lévy areas (OrdinaryDiffEq.jl #3214)", FreshLevyAreaGeneralMilstein),
-          ("commutative Milstein declaring 1", cgm)]),
+          ("commutative Milstein declaring 1", GeneralMilstein)]),
     ]
 
 

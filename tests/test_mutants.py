@@ -184,34 +184,49 @@ class ReferenceDPMpp3MClaimingThree(DPMSolverPP3M):
         self.order = 3.0
 
 
-def _batched(g, x):
-    """A general-noise diffusion ``(B, *S, m)``, also when the problem returned an unbatched ``(*S, m)``."""
-    return g.expand(*x.shape, g.shape[-1]) if g.ndim == x.ndim else g
+class GeneralMilstein(Solver):
+    """The general-noise Milstein step ``x0 + f h + Σ g_k ΔW_k + Σ_jk (∂g_k/∂x) g_j I_jk`` (Kloeden & Platen 1992,
+    §10.3), with the iterated integrals ``I_jk`` from :meth:`iterated` (``(B, m, m)``). Here:
+    ``½ (ΔW_j ΔW_k - h δ_jk)``, which is right for commutative noise, where the Lévy areas cancel. The mutants
+    below change only :meth:`iterated`; ``benchmarks/bench_conformance.py`` uses this class as the right scheme."""
 
-
-class DiagonalTermsOnlyGeneralMilstein(Solver):
-    """SDETools issue #2 "Wrong implementation for general Milstein scheme": the Milstein correction
-    ``½ Σ_j (∂g_j/∂x) g_j (ΔW_j² - h)`` "only works for diagonal noise"; with several Brownian motions the cross
-    terms ``Σ_{j≠k} (∂g_k/∂x) g_j I_(j,k)`` are needed (Kloeden & Platen 1992, §10.3), and without them the scheme
-    is strong order 0.5, here declared 1."""
-
-    name = "mutant_general_milstein_diagonal_terms"
+    name = "general_milstein_commutative"
     order, strong_order, weak_order = 1.0, 1.0, 1.0
     noise_types = ("general",)
+
+    def iterated(self, noise, h: float, t0: float) -> torch.Tensor:
+        m = noise.shape[-1]
+        return 0.5 * (noise[:, :, None] * noise[:, None, :] - abs(h) * torch.eye(m, dtype=noise.dtype))
 
     def step(self, problem, t0, t1, x0, noise, state):
         t, h = time_like(t0, x0), t1 - t0
         x1 = x0 + problem.drift(t, x0) * h
         if noise is None:
             return Step(x1)
-        g = _batched(problem.diffusion(t, x0), x0)  # (B, *S, m)
+        g = problem.diffusion(t, x0)
+        g = g.expand(*x0.shape, g.shape[-1]) if g.ndim == x0.ndim else g  # (B, *S, m), also from an unbatched g
         x1 = x1 + problem.g_dw(g, noise, x0)
+        iterated = self.iterated(noise, h, t0)
         for j in range(g.shape[-1]):
-            lg = problem.diffusion_jvp(t, x0, g[..., j])  # (∂g_k/∂x) g_j for every k
-            only_j = torch.zeros_like(noise)
-            only_j[:, j] = 0.5 * (noise[:, j] ** 2 - abs(h))
-            x1 = x1 + problem.g_dw(lg, only_j, x0)  # the defect: no cross terms j != k
+            x1 = x1 + problem.g_dw(self.jacobian_term(problem, t, x0, g, j), iterated[:, j, :], x0)
         return Step(x1)
+
+    def jacobian_term(self, problem, t, x0, g, j: int) -> torch.Tensor:
+        """``(∂g_k/∂x) g_j`` for every k: ``(B, *S, m)``."""
+        return problem.diffusion_jvp(t, x0, g[..., j])
+
+
+class DiagonalTermsOnlyGeneralMilstein(GeneralMilstein):
+    """SDETools issue #2 "Wrong implementation for general Milstein scheme": the Milstein correction
+    ``½ Σ_j (∂g_j/∂x) g_j (ΔW_j² - h)`` "only works for diagonal noise"; with several Brownian motions the cross
+    terms ``Σ_{j≠k} (∂g_k/∂x) g_j I_(j,k)`` are needed (Kloeden & Platen 1992, §10.3), and without them the scheme
+    is strong order 0.5, here declared 1."""
+
+    name = "mutant_general_milstein_diagonal_terms"
+
+    def iterated(self, noise, h, t0):
+        full = super().iterated(noise, h, t0)
+        return torch.diag_embed(torch.diagonal(full, dim1=1, dim2=2))  # the defect: no cross terms j != k
 
 
 class StratonovichCorrectionMilstein(Milstein):
@@ -248,36 +263,21 @@ class OneStepForOrderOne(DPMSolver1):
         return dpm_solver_1_update(x, s, end, ev.eps(x, s))
 
 
-class FreshLevyAreaGeneralMilstein(Solver):
+class FreshLevyAreaGeneralMilstein(GeneralMilstein):
     """OrdinaryDiffEq.jl PR #3214 "Fix RKMilGeneral strong convergence for noncommutative noise": the general-noise
     Milstein drew its Lévy areas as fresh random numbers, independent of the Brownian path the step is driven by, so
-    on non-commutative noise its strong order was 0.5, not 1. Here: ``x0 + f h + Σ g_k ΔW_k + Σ_jk (∂g_k/∂x) g_j I_jk``
-    with ``I_jk = ½ ΔW_j ΔW_k - ½ h δ_jk + A_jk`` and ``A_jk ~ N(0, h²/12)`` from the step's own generator. On
-    commutative noise the area term multiplies the zero Lie bracket and the scheme is a correct order-1 Milstein:
-    only the non-commutative family can reject it."""
+    on non-commutative noise its strong order was 0.5, not 1. Here: ``I_jk = ½ ΔW_j ΔW_k - ½ h δ_jk + A_jk`` with
+    ``A_jk ~ N(0, h²/12)`` from the step's own generator. On commutative noise the area term multiplies the zero
+    Lie bracket and the scheme is a correct order-1 Milstein: only the non-commutative family can reject it."""
 
     name = "mutant_general_milstein_fresh_levy_area"
-    order = 1.0
-    strong_order, weak_order = 1.0, 1.0
-    noise_types = ("general",)
 
-    def step(self, problem, t0, t1, x0, noise, state):
-        t, h = time_like(t0, x0), t1 - t0
-        x1 = x0 + problem.drift(t, x0) * h
-        if noise is None:
-            return Step(x1)
-        g = _batched(problem.diffusion(t, x0), x0)  # (B, *S, m)
-        m = g.shape[-1]
+    def iterated(self, noise, h, t0):
+        m = noise.shape[-1]
         gen = torch.Generator().manual_seed(int(abs(t0) * 2**30) + 7)  # the defect: not the path's area
         area = torch.randn(noise.shape[0], m, m, generator=gen, dtype=torch.float64).to(noise) * (abs(h) / 12**0.5)
         area = torch.triu(area, 1) - torch.triu(area, 1).transpose(1, 2)
-        iterated = 0.5 * noise[:, :, None] * noise[:, None, :] + area
-        iterated = iterated - 0.5 * abs(h) * torch.eye(m, dtype=noise.dtype)
-        x1 = x1 + problem.g_dw(g, noise, x0)
-        for j in range(m):
-            lg = problem.diffusion_jvp(t, x0, g[..., j])  # (∂g_k/∂x) g_j for every k: (B, *S, m)
-            x1 = x1 + problem.g_dw(lg, iterated[:, j, :], x0)
-        return Step(x1)
+        return super().iterated(noise, h, t0) + area
 
 
 MUTANTS = [

@@ -65,10 +65,6 @@ def test_heisenberg_rejects_bad_arguments():
 
 
 # --- sheared_gbm ------------------------------------------------------------------------------------------------
-def _jacobian(p, x, t):
-    return torch.autograd.functional.jacobian(lambda y: p.sde.diffusion(t, y[None])[0], x)
-
-
 @given(sst.sheared_gbms(noise_type="scalar", time_dependent=True))
 @hypothesis.settings(max_examples=4)
 def test_sheared_gbm_scalar_jacobian_is_not_symmetric(p):
