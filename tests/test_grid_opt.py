@@ -112,3 +112,9 @@ def test_grid_files_round_trip_through_the_commands(tmp_path, capsys):
     assert main(["compare", "--solvers", "ddim", "--nfe", "4", "--samples", "16", "--grid", str(gfile),
                  "--out", str(out), "--no-plots", "--no-progress"]) == 2
     assert "matches a solver and step count" in capsys.readouterr().err
+    short = tmp_path / "short.json"  # a grid that stops before the comparison's t_min
+    short.write_text(json.dumps({"format": "sdekit-grids/1", "grids": [
+        {"solver": "unipc", "steps": 4, "t": [1.0, 0.5, 0.2, 0.1, 0.05]}]}))
+    assert main(["compare", "--solvers", "unipc", "--nfe", "4", "--samples", "16", "--grid", str(short),
+                 "--out", str(out), "--no-plots", "--no-progress"]) == 2
+    assert "runs from t = 1 to 0.05" in capsys.readouterr().err

@@ -356,6 +356,19 @@ def _valid_record(rec: dict, solver: str, nfe: int, key: str) -> str | None:
     return None
 
 
+def steps_for_budget(solver_name: str, nfe: int) -> int:
+    """The whole steps of ``solver_name`` that an NFE budget buys (at least one)."""
+    return max(1, nfe // get_solver(solver_name).evals_per_step)
+
+
+def check_grids(grids: dict, t_start: float, t_end: float) -> None:
+    """``cfg.grids`` must span the comparison's interval (a ValueError names the grid)."""
+    for key, t in grids.items():
+        if abs(t[0] - t_start) > 1e-9 or abs(t[-1] - t_end) > 1e-9:
+            raise ValueError(f"the grid for {key} runs from t = {t[0]:g} to {t[-1]:g}; this comparison runs from "
+                             f"{t_start:g} to {t_end:g}")
+
+
 def min_nfe(solver_name: str) -> int:
     """The fewest model evaluations one run of ``solver_name`` takes (one step)."""
     return get_solver(solver_name).evals_per_step
@@ -412,6 +425,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
     x_T = process.prior_sample((cfg.samples, *shape), generator=gen, dtype=torch.float64)
     t_start = float(process.t_max)
     t_end = float(process.t_min if cfg.t_end is None else cfg.t_end)
+    check_grids(cfg.grids, t_start, t_end)  # before the reference solve
     rec_dir = os.path.join(out_dir, "records")
     if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
         for name in os.listdir(rec_dir):
@@ -470,17 +484,13 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
                 continue
             if why is not None:
                 log(f"sdekit: the record {path} cannot be used ({why}); recomputing it")
-        solver = get_solver(solver_name)
-        steps = max(1, nfe // solver.evals_per_step)
+        steps = steps_for_budget(solver_name, nfe)
         x = x_T.to(device=cfg.device, dtype=dtype)
         t0 = time.perf_counter()
         grid_t = cfg.grids.get(f"{solver_name}:{steps}")
         if grid_t is not None:
             from .grid_opt import _model_grid
 
-            if abs(grid_t[0] - t_start) > 1e-9 or abs(grid_t[-1] - t_end) > 1e-9:
-                raise ValueError(f"the grid for {solver_name} with {steps} steps runs from t = {grid_t[0]:g} to "
-                                 f"{grid_t[-1]:g}; this comparison runs from {t_start:g} to {t_end:g}")
             grid = _model_grid(model, torch.tensor(grid_t, dtype=torch.float64))
             sol = sample(model, x, solver_name, grid=grid,
                          generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))

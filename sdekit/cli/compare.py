@@ -122,25 +122,14 @@ def cmd_compare(args) -> int:
 
 
 def _grids_for(path: str, model, solvers: list[str], nfe: list[int], name: str) -> dict:
-    """``"solver:steps" -> t`` from a grid file, for the configurations of this comparison; its grids must span
-    the comparison's interval; a grid for another model is used but noted."""
+    """``"solver:steps" -> t`` from a grid file, for the configurations of this comparison (run_comparison checks
+    that they span its interval); a grid for another model is used but noted."""
+    from ..bench.compare import steps_for_budget
     from ..bench.grid_opt import load_grids
-    from ..solvers import get as get_solver
 
     entries = load_grids(path)
-    p = model.process
-    t_start, t_end = float(p.t_max), float(p.t_min)
-    wanted = {f"{s}:{max(1, n // get_solver(s).evals_per_step)}" for s in solvers for n in nfe}
-    grids = {}
-    for e in entries:
-        key = f"{e['solver']}:{e['steps']}"
-        if key not in wanted:
-            continue
-        t = e["t"]
-        if abs(t[0] - t_start) > 1e-9 or abs(t[-1] - t_end) > 1e-9:
-            raise ValueError(f"--grid {path}: the grid for {key} runs from t = {t[0]:g} to {t[-1]:g}, the "
-                             f"comparison from {t_start:g} to {t_end:g}")
-        grids[key] = t
+    wanted = {f"{s}:{steps_for_budget(s, n)}" for s in solvers for n in nfe}
+    grids = {f"{e['solver']}:{e['steps']}": e["t"] for e in entries if f"{e['solver']}:{e['steps']}" in wanted}
     if not grids:
         held = ", ".join(f"{e['solver']}:{e['steps']}" for e in entries)
         raise ValueError(f"--grid {path}: none of its grids ({held}) matches a solver and step count of this "
