@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdekit-installed
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup docs lint clean
 
 # Reinstalls when pyproject.toml (dependencies, extras) or this file (the torch pin) changes.
 $(STAMP): pyproject.toml Makefile
@@ -26,9 +26,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The documentation site, into site/ (the docs extra comes with the test extra that setup installs).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff
-	$(VENV)/bin/ruff check sdekit kernels tests benchmarks
+	$(VENV)/bin/ruff check sdekit kernels tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

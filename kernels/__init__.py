@@ -1,12 +1,12 @@
 """sdekit.kernels: Triton kernels beside their pure-PyTorch references (Triton optional at import time).
 
-- :func:`combine`: fused solver update ``x' = sum_i c_i y_i + noise * z`` with in-kernel Gaussian noise.
-- :func:`attention`: FlashAttention-2 forward (Dao 2023) returning the output and, optionally, the row
-  log-sum-exp; :class:`SelfAttention2d` is the UNet attention block built on it.
+- `combine`: fused solver update ``x' = sum_i c_i y_i + noise * z`` with in-kernel Gaussian noise.
+- `attention`: FlashAttention-2 forward (Dao 2023) returning the output and, optionally, the row
+  log-sum-exp; `SelfAttention2d` is the UNet attention block built on it.
 
 Each public function takes ``backend="auto" | "torch" | "triton"``. ``"auto"`` runs Triton on CUDA tensors
-when Triton is installed and falls back to PyTorch elsewhere. The references (:func:`combine_reference`,
-:func:`attention_reference`) are the test oracles. Importing this package never needs Triton; the kernels
+when Triton is installed and falls back to PyTorch elsewhere. The references (`combine_reference`,
+`attention_reference`) are the test oracles. Importing this package never needs Triton; the kernels
 are compiled on their first launch (see ``docs/kernels.md``).
 """
 

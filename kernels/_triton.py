@@ -1,6 +1,6 @@
 """Optional Triton: the one place that imports it, and the lazy ``@triton.jit`` the kernel modules use.
 
-Importing :mod:`sdekit.kernels` never needs Triton. The kernel functions are written at module level like
+Importing [`sdekit.kernels`][] never needs Triton. The kernel functions are written at module level like
 any Triton kernel, but they are handed to ``triton.jit`` only the first time they are launched. Two things
 follow: a machine without Triton can import the package, and ``TRITON_INTERPRET=1`` (which ``triton.jit``
 reads when it wraps a function) takes effect as long as it is set before the first Triton launch, not

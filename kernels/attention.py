@@ -7,7 +7,7 @@ never written to memory. Scores are kept in base 2 (the scale is multiplied by l
 ``exp2``. Besides the output it writes the natural-log log-sum-exp of every row of scaled scores, which a
 backward pass needs.
 
-The backward pass is not fused yet: :class:`TritonAttentionFunction` recomputes the attention with the
+The backward pass is not fused yet: `TritonAttentionFunction` recomputes the attention with the
 PyTorch reference and differentiates that, which materialises the N x N scores.
 """
 
@@ -246,7 +246,7 @@ def attention_reference(
 class TritonAttentionFunction(torch.autograd.Function):
     """Attention with the Triton forward and a backward that recomputes the PyTorch reference.
 
-    The backward is not fused: it rebuilds the N x N scores with :func:`attention_reference` in float32 and
+    The backward is not fused: it rebuilds the N x N scores with `attention_reference` in float32 and
     differentiates them (memory O(N^2) per head). ``apply(q, k, v, scale)`` returns ``(out, lse)``; lse is
     not differentiable.
     """
@@ -325,8 +325,8 @@ def attention(
         v: values (B, H, n_k, D).
         scale: multiplies the scores; default 1/sqrt(D).
         backend: ``"triton"``: the kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
-            differentiable through :class:`TritonAttentionFunction` (reference-recompute backward).
-            ``"torch"``: :func:`attention_reference`. ``"auto"``: the kernel for CUDA tensors when Triton is
+            differentiable through `TritonAttentionFunction` (reference-recompute backward).
+            ``"torch"``: `attention_reference`. ``"auto"``: the kernel for CUDA tensors when Triton is
             installed, the dtype is one it takes and no gradient is needed (sampling); otherwise
             ``torch.nn.functional.scaled_dot_product_attention``, whose backward is fused.
         return_lse: also return the log-sum-exp of each row of scaled scores, (B, H, n_q), float32 (float64
@@ -360,7 +360,7 @@ def attention(
 class SelfAttention2d(nn.Module):
     """Multi-head self-attention over the pixels of a UNet feature map (B, C, H, W), with a residual.
 
-    GroupNorm, a 1x1 convolution to queries, keys and values, :func:`attention` over the H*W positions of
+    GroupNorm, a 1x1 convolution to queries, keys and values, `attention` over the H*W positions of
     each head, a 1x1 output projection, and ``x + projection``: the attention block of the DDPM and
     improved-DDPM UNets (Ho et al. 2020; Nichol & Dhariwal 2021).
 
@@ -369,7 +369,7 @@ class SelfAttention2d(nn.Module):
         num_heads: attention heads; head dim C / num_heads must be at most 256.
         num_groups: GroupNorm groups.
         eps: GroupNorm epsilon.
-        backend: passed to :func:`attention`.
+        backend: passed to `attention`.
     """
 
     def __init__(

@@ -371,7 +371,7 @@ def combine(
         out: optional contiguous tensor for the result, of the tensors' shape, dtype and device. It may be one
             of ``tensors`` (an in-place update); it must not overlap them otherwise.
         backend: ``"triton"`` runs the fused kernel (CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``); ``"torch"`` runs :func:`combine_reference`; ``"auto"`` picks Triton for
+            ``TRITON_INTERPRET=1``); ``"torch"`` runs `combine_reference`; ``"auto"`` picks Triton for
             CUDA tensors when Triton is installed and no gradient is needed, else torch.
         generator: instead of ``seed``: a ``torch.Generator`` from which one seed is drawn (this advances it).
 
@@ -402,7 +402,7 @@ def combine_reference(
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pure-PyTorch oracle of :func:`combine`: the same formula as separate operations.
+    """Pure-PyTorch oracle of `combine`: the same formula as separate operations.
 
     Each term is computed as ``tensor.to(acc) * coefficient`` and summed left to right in the accumulation
     dtype (float32, or float64 for float64 tensors); z comes from ``torch.randn`` with a

@@ -1,6 +1,6 @@
-"""Adapters that turn networks trained elsewhere into :class:`~sdekit.models.ScoreModel` objects.
+"""Adapters that turn networks trained elsewhere into [`ScoreModel`][sdekit.models.ScoreModel] objects.
 
-:func:`from_diffusers` wraps a diffusers ``UNet2DModel`` (or any module called as
+`from_diffusers` wraps a diffusers ``UNet2DModel`` (or any module called as
 ``unet(sample, timestep, **cond)`` returning ``.sample``, a tuple or a tensor) trained on a discrete DDPM
 schedule. The process is ``VP.from_alphas_cumprod`` of that schedule, made continuous as in DPM-Solver
 (``t_i = (i + 1)/N``), and the network receives the DDPM index ``i = N t - 1`` (``time_input="index"``):
@@ -32,7 +32,7 @@ PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 class DiffusersNet(nn.Module):
     """``net(x, t_in, **cond) = unet(x, t_in, **cond).sample``: diffusers' call convention as sdekit's.
 
-    ``t_in`` is the (B,) tensor of DDPM indices that :class:`~sdekit.models.ScoreModel` passes (float;
+    ``t_in`` is the (B,) tensor of DDPM indices that [`ScoreModel`][sdekit.models.ScoreModel] passes (float;
     fractional between grid points). ``cond`` goes to the UNet unchanged (e.g. ``class_labels=...``).
     """
 
@@ -98,7 +98,7 @@ def scheduler_alphas_cumprod(scheduler) -> torch.Tensor:
 
 
 def scheduler_process(scheduler) -> VP:
-    """``VP.from_alphas_cumprod`` of a diffusers scheduler (see :func:`scheduler_alphas_cumprod`)."""
+    """``VP.from_alphas_cumprod`` of a diffusers scheduler (see `scheduler_alphas_cumprod`)."""
     return _process(scheduler_alphas_cumprod(scheduler))
 
 
@@ -110,9 +110,10 @@ def _process(alphas_cumprod: torch.Tensor) -> VP:
     return VP(DiscreteSchedule(ac))
 
 
-def from_diffusers(unet: nn.Module, betas=None, alphas_cumprod=None, prediction_type: str | None = None,
-                   scheduler=None, *, sample_shape: tuple[int, ...] | None = None) -> ScoreModel:
-    """Wrap a diffusers-style UNet and its noise schedule into a :class:`~sdekit.models.ScoreModel`.
+def from_diffusers(unet: nn.Module, betas: torch.Tensor | None = None, alphas_cumprod: torch.Tensor | None = None,
+                   prediction_type: str | None = None, scheduler: object | None = None, *,
+                   sample_shape: tuple[int, ...] | None = None) -> ScoreModel:
+    """Wrap a diffusers-style UNet and its noise schedule into a [`ScoreModel`][sdekit.models.ScoreModel].
 
     Args:
         unet: ``unet(sample, timestep, **cond)`` returning ``.sample`` (``UNet2DModel``), a tuple or a tensor.

@@ -5,10 +5,10 @@
 posterior mean ``E[x_0 | x_t]`` are closed-form. Each component is handled in the eigenbasis of its
 covariance (``S_k = U diag(s) Uᵀ``; the noised covariance shares ``U``), in float64.
 
-**Closed-form SDEs** for convergence tests: :class:`OrnsteinUhlenbeck`, :class:`GeometricBrownianMotion`
-(exact pathwise solution) and :class:`LinearSDE` (exact mean and covariance by Van Loan's method).
+**Closed-form SDEs** for convergence tests: `OrnsteinUhlenbeck`, `GeometricBrownianMotion`
+(exact pathwise solution) and `LinearSDE` (exact mean and covariance by Van Loan's method).
 
-**Reference solver**: :func:`reference_solve` runs scipy's DOP853 in float64 at tight tolerance.
+**Reference solver**: `reference_solve` runs scipy's DOP853 in float64 at tight tolerance.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class GaussianMixture:
     batch-first ``(B, d)``.
     """
 
-    def __init__(self, means, covariances, weights):
+    def __init__(self, means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor):
         mu = torch.as_tensor(means, dtype=torch.float64).detach().cpu()
         cov = torch.as_tensor(covariances, dtype=torch.float64).detach().cpu()
         w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
@@ -113,9 +113,11 @@ class GaussianMixture:
 
     # --- basic statistics --------------------------------------------------------------------------------
     def mean(self) -> torch.Tensor:
+        """The mixture's mean ``Σ_k w_k mu_k``, ``(d,)``."""
         return self.weights @ self.means
 
     def covariance(self) -> torch.Tensor:
+        """The mixture's covariance ``Σ_k w_k (S_k + (mu_k - m)(mu_k - m)ᵀ)``, ``(d, d)``."""
         m = self.mean()
         dm = self.means - m
         return (self.weights[:, None, None] * (self.covariances + dm[:, :, None] * dm[:, None, :])).sum(0)
@@ -159,6 +161,7 @@ class GaussianMixture:
         return torch.logsumexp(lj, -1).to(x.dtype)
 
     def score_at(self, x, alpha, sigma) -> torch.Tensor:
+        """Score ``∇ log p`` of the mixture noised as ``alpha x_0 + sigma eps``, at ``x`` ``(B, d)``."""
         y, c, logn, _ = self._parts(x, alpha, sigma)
         _, r = self._resp(logn)
         comp = -torch.einsum("kij,bkj->bki", self.evecs, y / c)  # -C_k⁻¹ (x - alpha mu_k)
@@ -173,9 +176,11 @@ class GaussianMixture:
 
     # clean data (alpha = 1, sigma = 0)
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of the clean mixture at ``x`` ``(B, d)``, ``(B,)``."""
         return self.log_prob_at(x, 1.0, 0.0)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Score ``∇ log p`` of the clean mixture at ``x`` ``(B, d)``."""
         return self.score_at(x, 1.0, 0.0)
 
     # --- under a process -----------------------------------------------------------------------------
@@ -192,12 +197,15 @@ class GaussianMixture:
         return GaussianMixture(a * self.means, a * a * self.covariances + s * s * torch.eye(self.dim), self.weights)
 
     def log_prob_t(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        """Exact log-density of the marginal ``p_t`` of ``process`` at time ``t``, ``(B,)``."""
         return self.log_prob_at(x, *self._alpha_sigma(process, t))
 
     def score_t(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        """Exact score ``∇ log p_t`` of the marginal of ``process`` at time ``t``."""
         return self.score_at(x, *self._alpha_sigma(process, t))
 
     def posterior_mean(self, x, process: DiffusionProcess, t) -> torch.Tensor:
+        """Exact ``E[x_0 | x_t = x]`` under ``process`` at time ``t`` (the ideal denoiser)."""
         return self.posterior_mean_at(x, *self._alpha_sigma(process, t))
 
     def model(self, process: DiffusionProcess) -> ExactScoreModel:
@@ -212,7 +220,7 @@ PRESETS = ("ring2d", "stress8d", "stress16d")
 
 
 class ExactScoreModel(ScoreModel):
-    """The exact score model of a :class:`GaussianMixture` under a process.
+    """The exact score model of a `GaussianMixture` under a process.
 
     Each parameterization is computed directly in float64 (the score from the noised mixture, ``x0`` as
     the posterior mean, ``eps = -sigma · score``), so no conversion divides by a small alpha or sigma.
@@ -252,7 +260,7 @@ class OrnsteinUhlenbeck(SDE):
     """``dx = theta (mu - x) dt + sigma dW`` (additive noise), started at time 0.
 
     Transition: ``x_t | x_0 ~ N(mu + (x_0 - mu) e^{-theta t}, sigma² (1 - e^{-2 theta t}) / (2 theta))``.
-    Given a Brownian path, :meth:`pathwise` integrates by parts,
+    Given a Brownian path, `pathwise` integrates by parts,
     ``∫_0^t e^{-theta(t-s)} dW_s = W_t - theta ∫_0^t e^{-theta(t-s)} W_s ds``, leaving only a Riemann
     integral of the path (evaluated by the trapezoid rule on the caller's fine grid).
     """
@@ -270,9 +278,11 @@ class OrnsteinUhlenbeck(SDE):
         return torch.full((), self.sigma_, dtype=x.dtype if x is not None else torch.float64)
 
     def mean(self, t: float, x0):
+        """``E X(t) = mu + (x0 - mu) exp(-theta t)``."""
         return self.mu + (x0 - self.mu) * math.exp(-self.theta * t)
 
     def variance(self, t: float) -> float:
+        """``Var X(t)`` (independent of ``x0``): ``sigma² (1 - exp(-2 theta t)) / (2 theta)``."""
         return self.sigma_**2 * -math.expm1(-2 * self.theta * t) / (2 * self.theta)
 
     def pathwise(self, x0: torch.Tensor, ts: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
@@ -303,12 +313,15 @@ class GeometricBrownianMotion(SDE):
         return self.sigma_ * x
 
     def exact(self, x0: torch.Tensor, t: float, w_t: torch.Tensor) -> torch.Tensor:
+        """The pathwise solution ``x0 exp((mu - sigma²/2) t + sigma W(t))`` given ``W(t) = w_t``."""
         return x0 * torch.exp((self.mu - 0.5 * self.sigma_**2) * t + self.sigma_ * w_t)
 
     def mean(self, t: float, x0):
+        """``E X(t) = x0 exp(mu t)``."""
         return x0 * math.exp(self.mu * t)
 
     def second_moment(self, t: float, x0):
+        """``E X(t)² = x0² exp((2 mu + sigma²) t)``."""
         return x0**2 * math.exp((2 * self.mu + self.sigma_**2) * t)
 
 
@@ -336,9 +349,11 @@ class LinearSDE(SDE):
         return self.B.to(x.dtype if x is not None else torch.float64)
 
     def mean(self, t: float, x0: torch.Tensor) -> torch.Tensor:
+        """``E X(t) = exp(A t) x0``, batch first."""
         return x0.to(torch.float64) @ torch.linalg.matrix_exp(self.A * t).T
 
     def covariance(self, t: float) -> torch.Tensor:
+        """``Cov X(t) = ∫_0^t exp(A s) B Bᵀ exp(Aᵀ s) ds`` (Van Loan's block-exponential formula), float64."""
         d = self.A.shape[0]
         m = torch.zeros(2 * d, 2 * d, dtype=torch.float64)
         m[:d, :d] = -self.A
@@ -356,7 +371,7 @@ REFERENCE_METHODS = ("DOP853", "RK45", "RK23")
 def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
                     atol: float = 1e-12, method: str = "DOP853", on_step=None) -> torch.Tensor:
     """Solve ``dx/dt = drift(t, x)`` from ``t0`` to ``t1`` (either direction) with scipy's DOP853 (or another
-    explicit method of :data:`REFERENCE_METHODS`) in float64.
+    explicit method of `REFERENCE_METHODS`) in float64.
 
     ``drift`` may be a callable or an object with ``.drift`` (an sdekit ODE/SDE; its diffusion is ignored); it
     receives ``t`` as a 0-d float64 tensor and the state in float64. Returns the state at ``t1`` (or at each of

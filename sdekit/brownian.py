@@ -5,20 +5,20 @@ Every path here answers ``bm(s, t) = W(t) - W(s)`` (and, with ``levy_area=True``
 of ``W_{s,t}``) such that the increments of a coarse grid are the sums of those of any finer grid of the same
 path, which is what strong-order measurements need.
 
-:class:`BrownianPath` (the default) is a binary tree of intervals split at the query points themselves, in the
+`BrownianPath` (the default) is a binary tree of intervals split at the query points themselves, in the
 spirit of torchsde's Brownian Interval (Kidger, Foster, Li & Lyons 2021, "Efficient and accurate gradients for
 neural SDEs", §4): a query at a new point splits the one leaf interval that contains it with a single
 Brownian-bridge draw, so a solve along any grid -- uniform, log-SNR, adaptive with rejected steps -- costs about
 one normal draw per step. Above the query splits sits a balanced skeleton (dyadic midpoints, or the points of a
-``grid`` hint) refined lazily to about :data:`CELL_STEPS` query steps per cell, so the dependency chains stay
+``grid`` hint) refined lazily to about `CELL_STEPS` query steps per cell, so the dependency chains stay
 short and a revisit after a cache eviction costs a few draws, not a walk along the whole path.
 
-:class:`VirtualBrownianTree` is the query-order independent alternative (Gaines & Lyons 1997; diffrax's
+`VirtualBrownianTree` is the query-order independent alternative (Gaines & Lyons 1997; diffrax's
 ``VirtualBrownianTree``): a dyadic tree resolved to ``max_depth`` levels with a final bridge draw at the query
 point. It costs about ``max_depth`` draws per off-grid point and is kept for users who need the same path
 whatever the order of their queries.
 
-:class:`FreshNoise` draws independent increments (no consistency, no memory): the cheapest source, used by
+`FreshNoise` draws independent increments (no consistency, no memory): the cheapest source, used by
 ``solve`` and ``sample`` when no path is given.
 
 The bridge split of an interval ``[a, b]`` (length ``h``) at ``m`` (``h1 = m - a``, ``h2 = b - m``), given its
@@ -42,6 +42,7 @@ import math
 import numbers
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 
@@ -225,18 +226,20 @@ class BrownianPath(_PathBase):
           sequence of queries gives bit-identical answers (also after cache evictions, on the same device and
           dtype). A different sequence gives a different, equally exact Brownian path; points of the skeleton
           (the ``grid`` hint, or dyadic points of ``[t0, t1]``) take the same value in any order. Use
-          :class:`VirtualBrownianTree` when the whole path must not depend on the order of queries.
+          `VirtualBrownianTree` when the whole path must not depend on the order of queries.
         - **Memory**: at most ``cache_size`` increments (tensors of ``shape``) are held; evicted ones are
           recomputed exactly from their ancestors. The bookkeeping (two small nodes per split: end points and a
           seed, no tensors) grows with the number of *distinct* query points, about 350 bytes each (measured),
           never with repeated queries.
 
     Args:
-        t0, t1: the interval (``t0 < t1``); queries may come in either order (``bm(t, s) = -bm(s, t)``).
+        t0: start of the interval (``t0 < t1``); queries may come in either order (``bm(t, s) = -bm(s, t)``).
+        t1: end of the interval.
         shape: shape of one increment (the state's shape, batch first, or the SDE's Brownian shape).
         seed: integer seed.
-        dtype, device: of the increments.
-        levy_area: also provide space-time Lévy areas (:meth:`levy`); two draws per split.
+        dtype: dtype of the increments.
+        device: device of the increments.
+        levy_area: also provide space-time Lévy areas (`levy`); two draws per split.
         grid: optional time grid that will be queried (e.g. the solver's ``ts``): its points become the
             balanced skeleton, so the tree is shallow and their values do not depend on the query order.
         dt: optional typical step; cells of the dyadic skeleton are refined to at most ``CELL_STEPS · dt``
@@ -245,9 +248,10 @@ class BrownianPath(_PathBase):
         cache_size: number of increments kept (each a tensor of ``shape``; two with Lévy area).
     """
 
-    def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
-                 levy_area: bool = False, grid=None, dt: float | None = None, n_cells: int | None = None,
-                 cache_size: int = 64):
+    def __init__(self, t0: float, t1: float, shape: tuple[int, ...], *, seed: int = 0,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, levy_area: bool = False,
+                 grid: torch.Tensor | Sequence[float] | None = None, dt: float | None = None,
+                 n_cells: int | None = None, cache_size: int = 64):
         self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size)
         if n_cells is not None:
             if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
@@ -459,7 +463,7 @@ class VirtualBrownianTree(_PathBase):
 
     Costs: grids of ``n_cells · 2^k`` uniform steps computed in float64 cost one draw per step; any other point
     costs up to ``max_depth`` draws the first time (this is the price of order independence: use
-    :class:`BrownianPath` for speed). Memory is bounded by ``cache_size``.
+    `BrownianPath` for speed). Memory is bounded by ``cache_size``.
     """
 
     def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
@@ -616,6 +620,7 @@ class FreshNoise:
         return torch.normal(0.0, std, self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
     def levy(self, s, t):
+        """Fresh ``(W(t) - W(s), H)``: the increment and an independent Lévy area ``H ~ N(0, |t - s|/12)``."""
         h = abs(float(t) - float(s))
         w = self(s, t)
         area = torch.normal(0.0, math.sqrt(h / 12), self.shape, generator=self.generator, dtype=self.dtype,
@@ -640,13 +645,13 @@ class FreshNoise:
 class StepNoise:
     """The noise of one step, for samplers that declare ``noise_sampler = True``: drawn only when asked.
 
-    - :meth:`z`: the step's standard Gaussian, ``(W(t) - W(s)) / sqrt|t - s|`` of the solve's Brownian path, or a
+    - `z`: the step's standard Gaussian, ``(W(t) - W(s)) / sqrt|t - s|`` of the solve's Brownian path, or a
       standard normal drawn directly from fresh noise (computed once, then cached).
-    - :meth:`extra`: another standard Gaussian, independent of ``z`` and of earlier ``extra`` draws (a
+    - `extra`: another standard Gaussian, independent of ``z`` and of earlier ``extra`` draws (a
       ``noise_sampler`` that may be called more than once a step, as in k-diffusion).
-    - :meth:`kernel_seed`: for fresh noise, a key from which a fused kernel draws ``z`` in registers instead
+    - `kernel_seed`: for fresh noise, a key from which a fused kernel draws ``z`` in registers instead
       of reading a tensor (None for a consistent Brownian path, whose increments must be materialised);
-      a step that uses it never calls :meth:`z`.
+      a step that uses it never calls `z`.
     """
 
     def __init__(self, source, s: float, t: float, step: int):
@@ -655,11 +660,13 @@ class StepNoise:
         self._extra = 0
 
     def kernel_seed(self) -> int | None:
+        """For fresh noise, the key from which a fused kernel draws the step's Gaussian; None otherwise."""
         if isinstance(self.source, FreshNoise) and self._z is None:
             return self.source.kernel_seed(self.step)
         return None
 
     def z(self) -> torch.Tensor:
+        """The step's standard Gaussian (the scaled Brownian increment), computed once per step."""
         if self._z is None:
             if isinstance(self.source, FreshNoise):  # independent draws: a standard normal directly, no rescaling
                 self._z = self.source.extra(self.s, self.t, 0)
@@ -668,6 +675,11 @@ class StepNoise:
         return self._z
 
     def extra(self) -> torch.Tensor:
+        """Another standard Gaussian, independent of `z` and of earlier draws this step.
+
+        Raises:
+            ValueError: the noise source cannot draw more than one Gaussian a step.
+        """
         extra = getattr(self.source, "extra", None)
         if extra is None:
             raise ValueError(f"this step draws more than one Gaussian; its noise source ({type(self.source).__name__})"

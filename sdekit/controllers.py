@@ -1,9 +1,9 @@
-"""Step-size controllers of the one loop (:func:`sdekit.solve`): a fixed grid, and a PI controller.
+"""Step-size controllers of the one loop ([`sdekit.solve`][]): a fixed grid, and a PI controller.
 
 A controller decides where each step ends and whether a step is accepted; the loop asks it and nothing else.
 Each controller has a step variable: time ``"t"``, or the log-SNR ``"lambda"`` of a diffusion process (the
 variable the adaptive DPM-Solver steps in, Lu et al. 2022, §3.4). The step variable of a
-:class:`PIController` left at None is the solver's declared ``step_variable``.
+`PIController` left at None is the solver's declared ``step_variable``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class PIController:
         variable: the step variable, ``"t"`` or ``"lambda"`` (log-SNR); None takes the solver's.
         dt0: the first step in the step variable; None picks it by Hairer's rule (``"t"``) or takes 0.05
             (``"lambda"``, the DPM-Solver reference's ``h_init``).
-        dt_min, dt_max: bounds of the step size; max_steps: the most attempted steps.
+        dt_min: the smallest step size.
+        dt_max: the largest step size.
+        max_steps: the most attempted steps.
     """
 
     rtol: float = 1e-5
@@ -101,6 +103,7 @@ class PIController:
         return float(scaled.reshape(scaled.shape[0], -1).pow(2).mean(-1).sqrt().max())
 
     def factor(self, ratio: float, prev_ratio: float, order: float) -> float:
+        """Step-size factor from this step's error ratio and the previous one (PI rule, clipped to bounds)."""
         if not math.isfinite(ratio):
             return self.factor_min
         k = order + 1

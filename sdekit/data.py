@@ -1,9 +1,9 @@
 """Data sets that need no download, the shipped models' held-out data, and quantisation for bits/dim.
 
-- :func:`toy_data` (two moons, swiss roll, checkerboard) and :func:`digits` (scikit-learn's 8×8 digits, 1,797
+- `toy_data` (two moons, swiss roll, checkerboard) and `digits` (scikit-learn's 8×8 digits, 1,797
   images, values 0..16 mapped to ``v/8 - 1`` in [-1, 1]; the last 297 are the test split).
-- :func:`heldout`: a shipped model's held-out data in model space; :func:`quantization` / :func:`to_levels`: how
-  quantized data map to model space (:func:`sdekit.bits_per_dim`'s ``levels``, ``scale``, ``offset``).
+- `heldout`: a shipped model's held-out data in model space; `quantization` / `to_levels`: how
+  quantized data map to model space ([`sdekit.bits_per_dim`][]'s ``levels``, ``scale``, ``offset``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: How the quantized data sets that shipped models train on map to model space, for bits/dim
-#: (:func:`sdekit.bits_per_dim`'s ``levels``, ``scale``, ``offset``): scikit-learn's digits hold levels
+#: ([`sdekit.bits_per_dim`][]'s ``levels``, ``scale``, ``offset``): scikit-learn's digits hold levels
 #: ``k ∈ {0, …, 16}`` trained on as the bin centres ``k/8 - 1``, so bin ``k`` is ``[k/8 - 1 - 1/16, k/8 - 1 + 1/16)``.
 QUANTIZATION = {"digits": {"levels": 17, "scale": 1 / 8, "offset": -1 - 1 / 16}}
 
@@ -93,7 +93,7 @@ def heldout(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def quantization(name: str) -> dict | None:
-    """``{"levels", "scale", "offset"}`` of a shipped model's quantized data (see :data:`QUANTIZATION`), or
+    """``{"levels", "scale", "offset"}`` of a shipped model's quantized data (see `QUANTIZATION`), or
     ``None`` for continuous data such as two moons."""
     from .training import RECIPES
 

@@ -8,8 +8,8 @@ variables (Chen et al. 2018, "Neural ODEs", theorem 1; used by FFJORD, Grathwohl
     log p_{t_start}(x) = log p_T(x_T) + ∫_{t_start}^{T} div f̃(x_t, t) dt,        x_{t_start} = x,
 
 with ``T = process.t_max`` and ``log p_T`` approximated by the prior (Song et al. 2021, appendix D.2).
-:func:`log_likelihood` integrates the augmented state ``(x, ℓ)``, ``dℓ/dt = div f̃``, ``ℓ(t_start) = 0``,
-with :func:`sdekit.solve`. Because ``f(t) x`` is linear, ``div f̃ = D f(t) - ½ g(t)² tr(∂score/∂x)``: only
+`log_likelihood` integrates the augmented state ``(x, ℓ)``, ``dℓ/dt = div f̃``, ``ℓ(t_start) = 0``,
+with [`sdekit.solve`][]. Because ``f(t) x`` is linear, ``div f̃ = D f(t) - ½ g(t)² tr(∂score/∂x)``: only
 the score's Jacobian is differentiated.
 
 - ``divergence="exact"``: the full trace, from ``D`` vector–Jacobian products with the basis vectors
@@ -19,7 +19,7 @@ the score's Jacobian is differentiated.
   one vector–Jacobian product per probe. The probes are drawn once and kept for the whole solve, and
   each probe carries its own integral, so the spread of the ``n_probes`` integrals gives the standard error.
 
-:func:`bits_per_dim` applies it to images with uniform dequantization (Theis et al. 2016; the DDPM and
+`bits_per_dim` applies it to images with uniform dequantization (Theis et al. 2016; the DDPM and
 score_sde convention); the offset is derived in its docstring and in ``docs/likelihood.md``.
 
 The model must treat the samples of a batch independently (no batch statistics): the trace uses
@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ._utils import bcast, check_choice
+from .models import ScoreModel
 from .processes import DiffusionProcess
 from .schedules import SPACINGS, time_grid
 from .sde import ODE
 from .solve import PIController, solve
+from .solvers import Solver
 from .solvers import get as get_solver
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -56,7 +58,7 @@ _COPIES_PER_VECTOR = 8
 
 @dataclass
 class LikelihoodResult:
-    """Result of :func:`log_likelihood` (per-sample tensors of shape ``(B,)`` in the compute dtype).
+    """Result of `log_likelihood` (per-sample tensors of shape ``(B,)`` in the compute dtype).
 
     Attributes:
         log_prob: ``log p_{t_start}(x)`` in nats: ``prior_log_prob + delta`` (for Hutchinson, the mean over
@@ -84,14 +86,14 @@ class LikelihoodResult:
 
 @dataclass
 class BitsPerDimResult:
-    """Result of :func:`bits_per_dim`.
+    """Result of `bits_per_dim`.
 
     Attributes:
         bpd: per-image bits per dimension, ``(B,)``, averaged over the dequantization draws.
         mean: the mean of ``bpd`` over the batch.
         stderr: its standard error over the batch (``std(ddof=1)/sqrt(B)``; NaN for one image).
         bpd_per_draw: ``(n_dequant, B)``, one value per dequantization draw.
-        likelihood: the :class:`LikelihoodResult` of the dequantized, rescaled batch of
+        likelihood: the `LikelihoodResult` of the dequantized, rescaled batch of
             ``n_dequant · B`` samples (draw-major: sample ``j · B + b`` is draw ``j`` of image ``b``).
     """
 
@@ -107,7 +109,7 @@ class _TraceEstimator:
     """Evaluates the score and ``n`` per-sample linear functionals of its Jacobian ``J`` at one time.
 
     Called with the flattened score function and ``y`` (B, D); returns ``(score (B, D), forms (n, B))``: the
-    trace (``n = 1``, :class:`_ExactTrace`) or one quadratic form per probe (:class:`_HutchinsonForms`), both
+    trace (``n = 1``, `_ExactTrace`) or one quadratic form per probe (`_HutchinsonForms`), both
     from batches of vector–Jacobian products ``vᵀ J``. Backend ``"auto"`` tries ``torch.func`` and falls back,
     once and for the rest of the solve, to a loop of ``torch.autograd.grad``.
     """
@@ -287,13 +289,13 @@ def _probes(kind, n_probes, batch, dim, generator, dtype, device):
 
 # --- public API -------------------------------------------------------------------------------------------
 def log_likelihood(
-    model,
+    model: ScoreModel,
     x: torch.Tensor,
     divergence: str = "exact",
     *,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    solver="dopri5",
+    solver: str | Solver = "dopri5",
     steps: int | None = None,
     spacing: str = "log_snr",
     max_steps: int = 100_000,
@@ -323,16 +325,19 @@ def log_likelihood(
     finite score at sigma = 0 provides.
 
     Args:
-        model: a :class:`~sdekit.models.ScoreModel` (anything with ``score(x, t, **cond)`` and ``process``).
+        model: a [`ScoreModel`][sdekit.models.ScoreModel] (anything with ``score(x, t, **cond)`` and ``process``).
         x: data, batch first, any sample shape; finite floating point.
         divergence: ``"exact"`` (full Jacobian trace; ``D`` vector–Jacobian products per evaluation) or
             ``"hutchinson"`` (``n_probes`` products per evaluation; unbiased, with a standard error).
-        rtol, atol, max_steps: tolerances and step limit of the adaptive controller (a
-            :class:`~sdekit.solve.PIController`; or pass ``controller`` to set every option).
-        solver: a registry name or :class:`~sdekit.solvers.Solver`: adaptive (``"dopri5"``, ``"bosh3"``)
+        rtol: relative tolerance of the adaptive controller (a [`PIController`][sdekit.solve.PIController];
+            or pass ``controller`` to set every option).
+        atol: its absolute tolerance.
+        max_steps: its step limit.
+        solver: a registry name or [`Solver`][sdekit.solvers.Solver]: adaptive (``"dopri5"``, ``"bosh3"``)
             without ``steps``, any ODE solver with ``steps``.
-        steps, spacing: solve on a fixed grid of ``steps`` steps instead of adaptively, spaced by
-            :func:`sdekit.schedules.time_grid`: ``"log_snr"`` (uniform in the half log-SNR; the default, good
+        steps: solve on a fixed grid of ``steps`` steps instead of adaptively.
+        spacing: the fixed grid's spacing, by
+            [`sdekit.schedules.time_grid`][]: ``"log_snr"`` (uniform in the half log-SNR; the default, good
             for every process), ``"time"``, ``"quadratic"`` or ``"karras"``. ``"log_snr"`` and ``"karras"``
             need ``sigma(t_start) > 0``.
         t_start: the time whose density is returned (default ``process.t_min``).
@@ -341,7 +346,8 @@ def log_likelihood(
         dtype: compute dtype (default ``x.dtype``); ``torch.float64`` is recommended for tolerances below
             about 1e-6, and the model must accept it.
         process: overrides ``model.process``.
-        n_probes, probe: Hutchinson's number of probes and their law, ``"rademacher"`` (the smaller variance
+        n_probes: Hutchinson's number of probes.
+        probe: their law, ``"rademacher"`` (the smaller variance
             for a given Jacobian; exact for a diagonal one) or ``"gaussian"``.
         generator: the ``torch.Generator`` the probes are drawn from (once, before the solve); by default a
             new one seeded from a non-deterministic source (its seed is in ``stats["seed"]``).
@@ -354,7 +360,7 @@ def log_likelihood(
         progress: show the solve's progress bar.
 
     Returns:
-        a :class:`LikelihoodResult` (detached: no gradient flows back to ``x`` or the model's parameters).
+        a `LikelihoodResult` (detached: no gradient flows back to ``x`` or the model's parameters).
 
     Raises:
         ValueError: bad input (NaN/Inf, wrong sample shape, unknown names, ``n_probes < 1``, ``t_start`` out
@@ -490,7 +496,7 @@ def nats_to_bits_per_dim(log_prob_x: torch.Tensor, dim: int, scale: float = 1 / 
 
 
 def bits_per_dim(
-    model,
+    model: ScoreModel,
     images: torch.Tensor,
     *,
     n_dequant: int = 1,
@@ -499,7 +505,7 @@ def bits_per_dim(
     levels: int = 256,
     scale: float | None = None,
     offset: float | None = None,
-    **options,
+    **options: object,
 ) -> BitsPerDimResult:
     """Bits per dimension of 8-bit images under a diffusion model on [-1, 1] data, with uniform dequantization
     (Theis et al. 2016; the convention of DDPM and score_sde); other quantizations through ``levels``,
@@ -523,19 +529,20 @@ def bits_per_dim(
     each bin is centred on the value the model saw.
 
     Args:
-        model: a score model on [-1, 1]-scaled data (see :func:`log_likelihood`).
+        model: a score model on [-1, 1]-scaled data (see `log_likelihood`).
         images: integer pixel levels in [0, levels - 1], batch first (uint8 or floating point).
         n_dequant: dequantization draws per image; all ``n_dequant · B`` samples are solved in one batch.
         generator: draws the dequantization noise ``u = torch.rand((n_dequant, *images.shape))`` first, then any
             Hutchinson probes; by default a new one from a non-deterministic seed.
         dtype: compute dtype (default float32 for integer images, else the images' dtype).
         levels: the number of quantization levels (default 256).
-        scale, offset: the map ``x = scale·(k + u) + offset`` (defaults ``2/levels`` and ``-1``).
-        options: passed to :func:`log_likelihood` (``divergence``, ``rtol``, ``atol``, ``n_probes``, ``prior``,
+        scale: ``scale`` of the map ``x = scale·(k + u) + offset`` (default ``2/levels``).
+        offset: ``offset`` of that map (default ``-1``).
+        options: passed to `log_likelihood` (``divergence``, ``rtol``, ``atol``, ``n_probes``, ``prior``,
             ``t_start``, ...).
 
     Returns:
-        a :class:`BitsPerDimResult` (per-image bpd, its mean and standard error over the batch).
+        a `BitsPerDimResult` (per-image bpd, its mean and standard error over the batch).
     """
     _check_int(n_dequant, "n_dequant")
     _check_int(levels, "levels", minimum=2)

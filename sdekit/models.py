@@ -35,14 +35,14 @@ class ScoreModel:
 
     Args:
         net: callable ``net(x, t_in, **cond)`` returning a tensor of ``x``'s shape.
-        process: the :class:`~sdekit.processes.DiffusionProcess` the network was trained on.
+        process: the [`DiffusionProcess`][sdekit.processes.DiffusionProcess] the network was trained on.
         prediction: what ``net`` predicts: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"edm"``.
         time_input: the time convention of ``net``'s second argument (ignored for ``"edm"``, which takes
             ``sigma/alpha``).
         sample_shape: optional shape of one sample (without the batch dimension), for samplers and zoo.
 
     ``t`` in every method may be a number, a 0-d tensor or a per-sample ``(B,)`` tensor. Each call of a
-    prediction method evaluates the network once and increments :attr:`nfe`.
+    prediction method evaluates the network once and increments `nfe`.
     """
 
     def __init__(
@@ -146,15 +146,19 @@ class ScoreModel:
         return convert(raw, self.prediction if self.prediction != "edm" else "x0", kind, x, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The noise prediction at ``(x, t)``: ``predict(x, t, "eps")``."""
         return self.predict(x, t, "eps", **cond)
 
     def x0(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The data prediction at ``(x, t)``: ``predict(x, t, "x0")``."""
         return self.predict(x, t, "x0", **cond)
 
     def v(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The velocity prediction at ``(x, t)``: ``predict(x, t, "v")`` (VP only)."""
         return self.predict(x, t, "v", **cond)
 
     def score(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The score at ``(x, t)``: ``predict(x, t, "score")``."""
         return self.predict(x, t, "score", **cond)
 
     def __call__(self, x: torch.Tensor, t, **cond) -> torch.Tensor:

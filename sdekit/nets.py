@@ -1,22 +1,22 @@
 """Score networks: a time-conditioned residual MLP for low-dimensional data and a compact UNet for images.
 
-Both are called as ``net(x, t, y=None)`` -- the convention of :class:`~sdekit.models.ScoreModel` -- with
+Both are called as ``net(x, t, y=None)`` -- the convention of [`ScoreModel`][sdekit.models.ScoreModel] -- with
 ``t`` a per-sample ``(B,)`` tensor (or a scalar) in the network's time convention, and return a tensor of
 ``x``'s shape: whatever the network was trained to predict (``eps``, ``x0`` or ``v``).
 
-- :class:`MLPScoreNet`: ``(B, dim)`` data; sinusoidal or random-Fourier time embedding; pre-norm residual
+- `MLPScoreNet`: ``(B, dim)`` data; sinusoidal or random-Fourier time embedding; pre-norm residual
   blocks, each conditioned on the time embedding (Ho et al. 2020; Tancik et al. 2020 for Fourier features).
-- :class:`UNet`: ``(B, C, H, W)`` images; residual blocks with GroupNorm and a scale-shift time
+- `UNet`: ``(B, C, H, W)`` images; residual blocks with GroupNorm and a scale-shift time
   conditioning, self-attention at the chosen resolutions and in the middle, skip connections between the
   down and up paths (the DDPM UNet of Ho et al. 2020 with the scale-shift norm of Nichol & Dhariwal 2021).
 
 Class conditioning (``num_classes=K``): labels ``0..K-1``; label ``K`` is the *null* class of
 classifier-free guidance (Ho & Salimans 2021), and ``y=None`` means the null class for the whole batch.
-:class:`sdekit.ClassifierFreeGuidance` (``ClassifierFreeGuidance(ScoreModel(net, ...), scale, null=K)``) evaluates
+[`sdekit.ClassifierFreeGuidance`][] (``ClassifierFreeGuidance(ScoreModel(net, ...), scale, null=K)``) evaluates
 conditional and unconditional predictions in one batched call.
 
-Every network keeps its constructor arguments in :attr:`config`, so ``build(type(net).__name__,
-**net.config)`` rebuilds it (this is what :mod:`sdekit.zoo` stores next to the weights).
+Every network keeps its constructor arguments in `config`, so ``build(type(net).__name__,
+**net.config)`` rebuilds it (this is what [`sdekit.zoo`][] stores next to the weights).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class _ResBlock(nn.Module):
 
 
 def _attention_block(channels: int, heads: int, groups: int) -> nn.Module:
-    """The UNet's self-attention over the H·W positions: :class:`sdekit.kernels.SelfAttention2d` (the one
+    """The UNet's self-attention over the H·W positions: [`sdekit.kernels.SelfAttention2d`][] (the one
     attention block: Triton on CUDA tensors, SDPA elsewhere), with its output projection zero-initialised."""
     from .kernels import SelfAttention2d
 
@@ -391,6 +391,7 @@ class UNet(nn.Module):
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet}
+"""The architectures a checkpoint may name: name -> network class (see `build`)."""
 
 
 def build(name: str, **kwargs) -> nn.Module:

@@ -1,14 +1,14 @@
 """Diffusion processes with closed-form marginals ``q(x_t | x_0) = N(alpha(t) x_0, sigma(t)² I)``.
 
-Every process is an additive-noise :class:`~sdekit.sde.SDE` ``dx = f(t) x dt + g(t) dW`` with
+Every process is an additive-noise [`SDE`][sdekit.sde.SDE] ``dx = f(t) x dt + g(t) dW`` with
 ``f = d log alpha/dt`` and ``g² = d sigma²/dt - 2 f sigma²`` (Song et al. 2021, "Score-Based Generative
 Modeling through SDEs", eqs. 11 and 29). Conventions (``shared/CONVENTIONS.md``): ``t`` runs from data
 (0) to noise (``t_max``); the half log-SNR ``lambda(t) = log alpha - log sigma`` is strictly decreasing.
 
-- :class:`VP`: ``alpha² + sigma² = 1``; linear, cosine or discrete (DDPM) schedule.
-- :class:`SubVP`: ``alpha`` as VP, ``sigma = 1 - alpha²``.
-- :class:`VE`: ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
-- :class:`EDM`: ``alpha = 1``, ``sigma(t) = t`` (Karras et al. 2022).
+- `VP`: ``alpha² + sigma² = 1``; linear, cosine or discrete (DDPM) schedule.
+- `SubVP`: ``alpha`` as VP, ``sigma = 1 - alpha²``.
+- `VE`: ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
+- `EDM`: ``alpha = 1``, ``sigma(t) = t`` (Karras et al. 2022).
 
 Time arguments may be Python numbers (computed in float64), 0-d tensors or per-sample ``(B,)`` tensors;
 results keep the tensor's dtype. Times outside ``[t_domain_min, t_max]`` and log-SNR values outside
@@ -76,15 +76,19 @@ class DiffusionProcess(SDE):
 
     # --- schedule ----------------------------------------------------------------------------------
     def log_alpha(self, t) -> torch.Tensor:
+        """``log alpha(t)``, the log of the signal scale of the marginal."""
         raise NotImplementedError
 
     def log_sigma(self, t) -> torch.Tensor:
+        """``log sigma(t)``, the log of the noise scale of the marginal."""
         raise NotImplementedError
 
     def alpha(self, t) -> torch.Tensor:
+        """Signal scale ``alpha(t)`` of ``x_t = alpha x_0 + sigma eps``."""
         return torch.exp(self.log_alpha(t))
 
     def sigma(self, t) -> torch.Tensor:
+        """Noise scale ``sigma(t)`` of ``x_t = alpha x_0 + sigma eps``."""
         return torch.exp(self.log_sigma(t))
 
     def log_snr(self, t) -> torch.Tensor:
@@ -92,7 +96,7 @@ class DiffusionProcess(SDE):
         return self.log_alpha(t) - self.log_sigma(t)
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
-        """Inverse of :meth:`log_snr`: the time in ``[t_domain_min, t_max]`` with ``lambda(t) = log_snr``."""
+        """Inverse of `log_snr`: the time in ``[t_domain_min, t_max]`` with ``lambda(t) = log_snr``."""
         raise NotImplementedError
 
     def f(self, t) -> torch.Tensor:
@@ -104,6 +108,7 @@ class DiffusionProcess(SDE):
         raise NotImplementedError
 
     def g(self, t) -> torch.Tensor:
+        """Diffusion coefficient ``g(t) = sqrt(g2(t))`` of the forward SDE."""
         return torch.sqrt(self.g2(t))
 
     # --- the SDE interface ---------------------------------------------------------------------------
@@ -128,6 +133,7 @@ class DiffusionProcess(SDE):
         raise NotImplementedError
 
     def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
+        """A draw ``x_T ~ N(0, prior_std² I)`` of ``shape`` from ``generator``."""
         z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
         return self.prior_std * z
 
@@ -139,10 +145,12 @@ class DiffusionProcess(SDE):
         return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
     def t_from_index(self, i):
+        """Time of a (fractional) DDPM index, ``t = (i + 1)/N``; only discrete schedules have it."""
         raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for "
                         "VP.from_betas / VP.from_alphas_cumprod")
 
     def index_from_t(self, t):
+        """DDPM index of a time, ``i = N t - 1`` (fractional); only discrete schedules have it."""
         raise TypeError(f"{self!r} has no discrete schedule: index maps exist only for "
                         "VP.from_betas / VP.from_alphas_cumprod")
 
@@ -152,12 +160,13 @@ class VP(DiffusionProcess):
 
     Args:
         schedule: ``"linear"`` (``beta_min``, ``beta_max``; score_sde defaults 0.1 and 20), ``"cosine"``
-            (``s``, ``t_max``), or a :class:`~sdekit.schedules.BetaSchedule`. Use :meth:`from_betas` /
-            :meth:`from_alphas_cumprod` for a discrete DDPM schedule.
-        t_min: default end of sampling (1e-3 as in DPM-Solver for continuous schedules).
+            (``s``, ``t_max``), or a [`BetaSchedule`][sdekit.schedules.BetaSchedule]. Use `from_betas` /
+            `from_alphas_cumprod` for a discrete DDPM schedule.
+        schedule_kwargs: the schedule's parameters; ``t_min``, the default end of sampling (1e-3 as in
+            DPM-Solver for continuous schedules), is one of them.
     """
 
-    def __init__(self, schedule="linear", **schedule_kwargs):
+    def __init__(self, schedule: str | BetaSchedule = "linear", **schedule_kwargs: float):
         super().__init__()
         self.schedule: BetaSchedule = get_schedule(schedule, **schedule_kwargs)
         self.t_min, self.t_max = self.schedule.t_min, self.schedule.t_max
@@ -173,6 +182,7 @@ class VP(DiffusionProcess):
 
     @property
     def is_discrete(self) -> bool:
+        """Whether the schedule is a discrete DDPM one (`VP.from_betas` / `VP.from_alphas_cumprod`)."""
         return isinstance(self.schedule, DiscreteSchedule)
 
     def t_from_index(self, i):
@@ -332,7 +342,7 @@ class EDM(DiffusionProcess):
 
 # --- (de)serialisation: a JSON-able description of a process --------------------------------------------
 def process_spec(process: DiffusionProcess) -> dict:
-    """A JSON-able description of ``process`` that :func:`process_from_spec` turns back into an equal one.
+    """A JSON-able description of ``process`` that `process_from_spec` turns back into an equal one.
 
     VP/SubVP: ``{"type": "VP", "schedule": "linear", "beta_min", "beta_max", "t_min"}``, ``"cosine"`` with
     ``s``, ``t_max``, ``t_min``, or ``"discrete"`` with the ``alphas_cumprod`` list; VE: ``sigma_min``,
@@ -358,7 +368,7 @@ def process_spec(process: DiffusionProcess) -> dict:
 
 
 def process_from_spec(spec: dict) -> DiffusionProcess:
-    """Inverse of :func:`process_spec`. A discrete VP also accepts ``"betas"`` (a list) or
+    """Inverse of `process_spec`. A discrete VP also accepts ``"betas"`` (a list) or
     ``"ddpm_linear": {"num_steps", "beta_start", "beta_end"}`` instead of ``alphas_cumprod``."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"a process spec is a dict with a 'type', got {spec!r}")

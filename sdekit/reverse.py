@@ -6,7 +6,7 @@ For the forward SDE ``dx = f(t) x dt + g(t) dW`` with score ``s(x, t) = ∇ log 
 
 has the marginals ``p_t`` for every ``λ ≥ 0``: ``λ = 1`` is the reverse-time SDE (Anderson 1982) and
 ``λ = 0`` the probability-flow ODE (Song et al. 2021, eq. 13). Both are ordinary objects of the generic
-SDE layer, so every solver of :func:`sdekit.solve` runs them on a decreasing time grid.
+SDE layer, so every solver of [`sdekit.solve`][] runs them on a decreasing time grid.
 """
 
 from __future__ import annotations

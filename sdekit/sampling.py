@@ -42,24 +42,26 @@ def _grid_to_t(model, grid) -> torch.Tensor:
     return g
 
 
-def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing: str = "time", grid=None,
+def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2m", steps: int = 10,
+           spacing: str = "time", grid: torch.Tensor | None = None,
            generator: torch.Generator | None = None, *, t_start: float | None = None, t_end: float | None = None,
            denoise: bool = False, return_trajectory: bool = False, brownian=None, rho: float = 7.0,
            progress: bool = False, fused: bool | str = False, **options) -> Solution:
     """Sample from ``model`` starting at ``x_T`` (drawn from ``model.process.prior_sample``).
 
     Args:
-        model: a :class:`~sdekit.models.ScoreModel` (or anything with ``.process`` and ``.predict``).
+        model: a [`ScoreModel`][sdekit.models.ScoreModel] (or anything with ``.process`` and ``.predict``).
         solver: a registry name (``"ddim"``, ``"dpmpp_2m"``, ``"unipc"``, ``"rk4"``, ``"sra1"``, ...) or a
             Solver instance. Sampler options (``eta``, ``order``, ``variant``, ``S_churn``...) go in
             ``options``. For solvers with an embedded error estimate, controller options (``rtol``, ``atol``,
-            ``max_steps``, ``dt0``, ``safety``, ``norm``...) select a :class:`~sdekit.controllers.PIController`;
+            ``max_steps``, ``dt0``, ``safety``, ``norm``...) select a [`PIController`][sdekit.controllers.PIController];
             a solver that declares ``default_controller`` (the adaptive DPM-Solver) always runs adaptively,
             from those defaults.
         steps: number of steps (each costs the solver's ``evals_per_step`` model evaluations).
         spacing: ``"time"``, ``"log_snr"``, ``"quadratic"`` or ``"karras"`` (``rho``); ``grid`` (a 1-D tensor
             of times in the model's time convention, ``"t"`` or ``"index"``) overrides it.
-        t_start, t_end: grid ends (default the process's ``t_max`` and ``t_min``).
+        t_start: first time of the grid (default the process's ``t_max``).
+        t_end: last time of the grid (default the process's ``t_min``).
         denoise: return the model's x0 prediction at ``t_end`` (one more evaluation).
         generator: randomness for stochastic samplers (a fresh OS-seeded one when None; the global RNG is
             never used).
@@ -69,7 +71,7 @@ def sample(model, x_T: torch.Tensor, solver="dpmpp_2m", steps: int = 10, spacing
             Philox key (a different stream from the unfused path's); with a Brownian path it reads the path's
             increments, so fused and unfused results agree to rounding.
 
-    Returns the :class:`~sdekit.solve.Solution`; ``stats["nfe"]`` counts the model evaluations exactly.
+    Returns the [`Solution`][sdekit.solve.Solution]; ``stats["nfe"]`` counts the model evaluations exactly.
     """
     process = getattr(model, "process", None)
     if process is None or not hasattr(model, "predict"):
@@ -131,12 +133,12 @@ class ClassifierFreeGuidance:
     parameterization follows by the exact conversions.
 
     Args:
-        model: a conditional :class:`ScoreModel` whose network takes ``cond_key`` (e.g. ``y``).
+        model: a conditional `ScoreModel` whose network takes ``cond_key`` (e.g. ``y``).
         scale: guidance scale ``w`` (1 is the conditional model, 0 the unconditional one).
         null: the unconditional value of ``cond_key`` (e.g. the null class index).
     """
 
-    def __init__(self, model: ScoreModel, scale: float, *, cond_key: str = "y", null=None):
+    def __init__(self, model: ScoreModel, scale: float, *, cond_key: str = "y", null: object = None):
         self.model, self.scale, self.cond_key, self.null = model, float(scale), cond_key, null
         self.process = model.process
         self.time_input = model.time_input
@@ -144,9 +146,12 @@ class ClassifierFreeGuidance:
 
     @property
     def nfe(self):
+        """Network evaluations so far (one per guided prediction: both halves go in one batch)."""
         return self.model.nfe
 
     def predict(self, x, t, kind="x0", **cond):
+        """The guided prediction of ``kind`` (``"eps"``, ``"x0"``, ``"v"``, ``"score"``) at ``(x, t)``;
+        ``cond`` must hold ``cond_key``."""
         if self.cond_key not in cond:
             raise ValueError(f"guidance needs the condition {self.cond_key!r}")
         c = cond[self.cond_key]
@@ -168,10 +173,13 @@ class ClassifierFreeGuidance:
         return convert(guided, "eps", kind, x, self.process.alpha(tq), self.process.sigma(tq))
 
     def eps(self, x, t, **cond):
+        """The guided noise prediction."""
         return self.predict(x, t, "eps", **cond)
 
     def x0(self, x, t, **cond):
+        """The guided data prediction."""
         return self.predict(x, t, "x0", **cond)
 
     def score(self, x, t, **cond):
+        """The guided score."""
         return self.predict(x, t, "score", **cond)

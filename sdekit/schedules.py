@@ -4,10 +4,10 @@ A VP process is fixed by ``log alpha(t)``: ``sigma² = 1 - alpha²``, ``f(t) = d
 ``beta(t) = -2 f(t)``. Each schedule here gives ``log_alpha``, ``dlog_alpha`` and ``t_from_log_alpha`` in
 closed form, in the dtype of ``t`` (pass float64 times for full precision).
 
-- :class:`LinearSchedule`: ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021, score_sde).
-- :class:`CosineSchedule`: ``alpha(t) = f(t)/f(0)``, ``f(t) = cos(pi/2 (t + s)/(1 + s))`` (Nichol &
+- `LinearSchedule`: ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021, score_sde).
+- `CosineSchedule`: ``alpha(t) = f(t)/f(0)``, ``f(t) = cos(pi/2 (t + s)/(1 + s))`` (Nichol &
   Dhariwal 2021), clipped at ``t_max`` < 1 so the log-SNR stays finite.
-- :class:`DiscreteSchedule`: a DDPM schedule of ``N`` steps made continuous as in DPM-Solver (Lu et al.
+- `DiscreteSchedule`: a DDPM schedule of ``N`` steps made continuous as in DPM-Solver (Lu et al.
   2022): ``t_i = (i + 1)/N`` and ``log alpha`` piecewise linear in ``t`` through the knots
   ``(0, 0), (1/N, ½ log ᾱ_0), …, (1, ½ log ᾱ_{N-1})``; ``index = N t - 1`` (fractional allowed).
 """
@@ -60,12 +60,15 @@ class BetaSchedule:
     t_min: float = 1e-3  # default end of sampling
 
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """``log alpha(t)`` of the schedule."""
         raise NotImplementedError
 
     def dlog_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """``d log alpha / dt`` (the forward drift coefficient ``f(t)``)."""
         raise NotImplementedError
 
     def t_from_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """The inverse of `log_alpha`: the time with the given ``log alpha``."""
         raise NotImplementedError
 
 
@@ -217,6 +220,12 @@ class DiscreteSchedule(BetaSchedule):
 
 
 def get_schedule(schedule, **kwargs) -> BetaSchedule:
+    """A `BetaSchedule` from a name (``"linear"``, ``"cosine"``) and its options, or a schedule object itself.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: options given together with a schedule object.
+    """
     if isinstance(schedule, BetaSchedule):
         if kwargs:
             raise TypeError(f"schedule options {sorted(kwargs)} given together with a schedule object")

@@ -38,7 +38,7 @@ Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SDE:
     """An Itô SDE ``dx = drift(t, x) dt + diffusion(t, x) dW``.
 
-    Build it from two callables, or subclass it and override :meth:`drift` and :meth:`diffusion`.
+    Build it from two callables, or subclass it and override `drift` and `diffusion`.
 
     Args:
         drift: ``f(t, x)`` returning a tensor of ``x``'s shape. ``t`` is a 0-d tensor or a per-sample
@@ -89,9 +89,15 @@ class SDE:
 
     # --- the two coefficient functions -------------------------------------------------------------
     def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The drift ``f(t, x)``, shaped like ``x``."""
         return self._drift(t, x)
 
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The diffusion ``g(t, x)``, shaped by the noise type (see the class docstring).
+
+        Raises:
+            TypeError: the problem is an ODE.
+        """
         if self._diffusion is None:
             raise TypeError(f"{type(self).__name__} is an ODE: it has no diffusion")
         return self._diffusion(t, x)
@@ -101,6 +107,7 @@ class SDE:
 
     @property
     def is_ode(self) -> bool:
+        """Whether the problem has no diffusion (an `ODE`)."""
         return self.noise_type is None
 
     # --- noise geometry ----------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class SDE:
 
 
 class ODE(SDE):
-    """An ODE ``dx/dt = drift(t, x)``: an :class:`SDE` with no diffusion."""
+    """An ODE ``dx/dt = drift(t, x)``: an `SDE` with no diffusion."""
 
     def __init__(self, drift: Drift | None = None):
         super().__init__(drift, None, noise_type=None)
@@ -148,7 +155,7 @@ _TORCHSDE_NOISE = {"scalar": "scalar", "diagonal": "diagonal", "additive": "addi
 
 
 def from_torchsde(obj) -> SDE:
-    """Wrap a torchsde-style object (``f``, ``g``, ``noise_type``, ``sde_type``) as an sdekit :class:`SDE`.
+    """Wrap a torchsde-style object (``f``, ``g``, ``noise_type``, ``sde_type``) as an sdekit `SDE`.
 
     torchsde states are ``(B, d)``. torchsde's ``scalar`` noise returns ``g`` of shape ``(B, d, 1)`` with a
     ``(B, 1)`` Brownian motion; ``additive``/``general`` return ``(B, d, m)``. Only Itô SDEs are accepted:
@@ -210,7 +217,7 @@ class _TorchsdeView(torch.nn.Module):
 
 
 def to_torchsde(sde: SDE, state_shape: tuple[int, ...]) -> torch.nn.Module:
-    """View an sdekit :class:`SDE` as a torchsde SDE over flattened states (``sde.f``, ``sde.g``).
+    """View an sdekit `SDE` as a torchsde SDE over flattened states (``sde.f``, ``sde.g``).
 
     Use it with ``torchsde.sdeint(view, y0.reshape(B, -1), ts, ...)`` and reshape the result back to
     ``state_shape``.

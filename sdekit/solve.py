@@ -1,8 +1,8 @@
 """The one integration loop of sdekit: every solve, sample, likelihood and conformance check runs here.
 
-``solve`` owns the step-size controller (a :class:`~sdekit.controllers.FixedGrid` or a
-:class:`~sdekit.controllers.PIController`, stepping in time or in log-SNR), the Brownian path, ``save_at``
-and the statistics; solvers only step (:class:`~sdekit.solvers.Step`). Grids may increase or decrease: a
+``solve`` owns the step-size controller (a [`FixedGrid`][sdekit.controllers.FixedGrid] or a
+[`PIController`][sdekit.controllers.PIController], stepping in time or in log-SNR), the Brownian path, ``save_at``
+and the statistics; solvers only step ([`Step`][sdekit.solvers.Step]). Grids may increase or decrease: a
 reverse-time diffusion is solved on a decreasing grid directly, with no time flip.
 
 On a fixed grid nothing synchronises a GPU per step: times are Python floats taken from the grid once, and
@@ -14,6 +14,7 @@ step synchronises once, for its error norm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from ._utils import time_like
 from .brownian import BrownianPath, FreshNoise, StepNoise, VirtualBrownianTree
 from .controllers import MAX_STEPS, FixedGrid, PIController
+from .sde import ODE, SDE
 from .solvers import Solver, Step
 from .solvers import get as get_solver
 
@@ -29,7 +31,7 @@ __all__ = ["MAX_STEPS", "FixedGrid", "PIController", "Solution", "solve"]
 
 @dataclass
 class Solution:
-    """Result of :func:`solve`: final state ``x``; saved states ``xs`` at times ``ts``; statistics
+    """Result of `solve`: final state ``x``; saved states ``xs`` at times ``ts``; statistics
     ``stats`` with ``nfe`` (drift/model evaluations), ``n_steps``, ``n_accepted``, ``n_rejected``."""
 
     x: torch.Tensor
@@ -129,23 +131,25 @@ def _step(solver, problem, i, t0, t1, x, noise, state) -> Step:
     return step
 
 
-def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=None, dt=None,
-          controller: PIController | FixedGrid | None = None, save_at=None, brownian=None,
+def solve(problem: SDE | ODE, x0: torch.Tensor, solver: str | Solver = "euler", *,
+          ts: torch.Tensor | Sequence[float] | None = None, t0: float | None = None, t1: float | None = None,
+          dt: float | None = None, controller: PIController | FixedGrid | None = None,
+          save_at: torch.Tensor | Sequence[float] | str | None = None, brownian: Callable | None = None,
           generator: torch.Generator | None = None, progress: bool = False) -> Solution:
     """Integrate an SDE/ODE of the generic layer, or a diffusion sampler's problem, from ``x0``.
 
     Args:
-        problem: an :class:`~sdekit.sde.SDE` or :class:`~sdekit.sde.ODE` (for diffusion samplers, the
+        problem: an [`SDE`][sdekit.sde.SDE] or [`ODE`][sdekit.sde.ODE] (for diffusion samplers, the
             probability-flow ODE or reverse SDE of a process and a model).
         x0: initial state, batch first, any shape.
-        solver: a :class:`~sdekit.solvers.Solver` or a registry name.
+        solver: a [`Solver`][sdekit.solvers.Solver] or a registry name.
         ts: a 1-D strictly monotone grid (increasing or decreasing); or ``t0, t1, dt``; or
-            ``controller=FixedGrid(...)``; or ``t0, t1`` and ``controller`` (a :class:`PIController`) for adaptive
+            ``controller=FixedGrid(...)``; or ``t0, t1`` and ``controller`` (a `PIController`) for adaptive
             steps (ODEs, solvers with an embedded error estimate; in ``t`` or, for adaptive diffusion samplers,
             in log-SNR).
         save_at: times to save (a 1-D tensor/list; on a fixed grid they must be grid points; adaptive
             solves use the solver's dense output), or ``"steps"`` for every step of a fixed grid.
-        brownian: a :class:`~sdekit.brownian.BrownianPath` (or a ``VirtualBrownianTree``, or any ``bm(s, t)``);
+        brownian: a [`BrownianPath`][sdekit.brownian.BrownianPath] (or a ``VirtualBrownianTree``, or any ``bm(s, t)``);
             else fresh noise from ``generator``.
         progress: show a tqdm progress bar.
 
@@ -155,7 +159,7 @@ def solve(problem, x0: torch.Tensor, solver="euler", *, ts=None, t0=None, t1=Non
 
     Raises:
         TypeError: a problem, state, solver or step of the wrong type.
-        ValueError: bad arguments (grid, ``dt`` giving more than :data:`MAX_STEPS` steps, ``save_at``, a
+        ValueError: bad arguments (grid, ``dt`` giving more than `MAX_STEPS` steps, ``save_at``, a
             Brownian path that does not fit), a drift or diffusion of the wrong shape, or a model that returned
             NaN/Inf (the message names the step and time).
         FloatingPointError: the state became NaN/Inf (the message names the step).

@@ -25,9 +25,9 @@ label drop; the global RNG is never touched. A checkpoint (``.pt``: weights, EMA
 step, losses) resumes a run exactly where it stopped: an interrupted run continued from its checkpoint ends
 with the same weights as an uninterrupted one.
 
-**Recipes.** :data:`RECIPES` holds how each shipped checkpoint is made (data, architecture, process, training
-settings) and :func:`train_recipe` trains one and saves it to the zoo. The data sets live in :mod:`sdekit.data`
-(:func:`toy_data`, :func:`digits` are re-exported here).
+**Recipes.** `RECIPES` holds how each shipped checkpoint is made (data, architecture, process, training
+settings) and `train_recipe` trains one and saves it to the zoo. The data sets live in [`sdekit.data`][]
+(`toy_data`, `digits` are re-exported here).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ __all__ = [
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`train` (all recorded in a zoo checkpoint's sidecar).
+    """Settings of `train` (all recorded in a zoo checkpoint's sidecar).
 
     ``t_min``/``t_max`` default to the process's sampling range; ``time_input="index"`` draws integer
     indices instead. ``warmup_steps`` ramps the learning rate linearly, then ``lr_schedule`` keeps it
@@ -172,7 +172,7 @@ def diffusion_loss(net, process: DiffusionProcess, x0: torch.Tensor, t: torch.Te
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the EMA network (eval mode), the raw network, the per-step losses,
+    """What `train` returns: the EMA network (eval mode), the raw network, the per-step losses,
     the final loss (mean of the last 10% of steps), the wall-clock and process CPU time (each summed over
     resumed runs; on a shared machine CPU time is the steadier measure) and the config."""
 
@@ -219,11 +219,11 @@ def train(net: nn.Module, process: DiffusionProcess, data: torch.Tensor, config:
     """Train ``net`` on ``data`` (``(N, *sample_shape)``) by the denoising loss, with Adam and an EMA.
 
     Args:
-        net: a module called as ``net(x, t_in, **cond)`` (e.g. :class:`~sdekit.nets.MLPScoreNet`); trained
+        net: a module called as ``net(x, t_in, **cond)`` (e.g. [`MLPScoreNet`][sdekit.nets.MLPScoreNet]); trained
             in place.
         process: the diffusion process.
         data: training set; minibatches are drawn with replacement.
-        config: :class:`TrainConfig` (defaults if None).
+        config: `TrainConfig` (defaults if None).
         labels: optional ``(N,)`` integer labels, passed as ``y`` (dropped to the null class
             ``net.num_classes`` with probability ``config.p_uncond``).
         checkpoint_path: a ``.pt`` file written every ``config.checkpoint_every`` steps and at the end; with
@@ -231,7 +231,7 @@ def train(net: nn.Module, process: DiffusionProcess, data: torch.Tensor, config:
         progress: show a tqdm progress bar with the running loss.
 
     Returns:
-        a :class:`TrainResult`; ``result.ema`` is the network to sample with.
+        a `TrainResult`; ``result.ema`` is the network to sample with.
     """
     config = config or TrainConfig()
     if not isinstance(data, torch.Tensor) or data.ndim < 2:
@@ -363,6 +363,7 @@ RECIPES: dict[str, Recipe] = {
               "297 test images, unconditional",
     ),
 }
+"""How each shipped model of the zoo was trained: name -> `Recipe` (data, architecture, process, training settings)."""
 
 
 def recipe_data(recipe: Recipe, *, eval_split: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -123,6 +123,7 @@ class ComparisonConfig:
     grids: dict = field(default_factory=dict)
 
     def key(self) -> str:
+        """A short hash of the settings that determine the reference and the samples (not solvers or budgets)."""
         skip = ("solvers", "nfe", "scatter_nfe", "reference_check") + (() if self.grids else ("grids",))
         blob = json.dumps({k: v for k, v in vars(self).items() if k not in skip}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -133,6 +134,7 @@ def _record_path(out_dir, cfg, solver, nfe):
 
 
 def samples_path(out_dir, cfg, solver, nfe):
+    """Where `run_comparison` saves one configuration's samples (``.npy``) in ``out_dir``."""
     return os.path.join(out_dir, f"samples-{cfg.key()}-{solver}-{nfe}.npy")
 
 
@@ -176,7 +178,7 @@ def model_fingerprint(model, shape) -> str:
 
 class _ReferenceProgress:
     """A tqdm bar over the reference solve: share of the interval reached by accepted steps, NFE, evaluation
-    rate, ETA. Called once per drift evaluation (:meth:`evaluated`) and once per accepted step (``__call__``)."""
+    rate, ETA. Called once per drift evaluation (`evaluated`) and once per accepted step (``__call__``)."""
 
     def __init__(self, t_start: float, t_end: float, enabled: bool):
         self.t_start, self.span, self.nfe, self.bar = t_start, abs(t_end - t_start), 0, None

@@ -1,6 +1,6 @@
 """Time-grid optimisation: choose the grid that minimises a deterministic sampler's error on a given model.
 
-Two methods, one entry point (:func:`optimize_grid`):
+Two methods, one entry point (`optimize_grid`):
 
 ``"dp"`` (default): dynamic programming over a fine candidate grid, after GITS (Chen et al., ICML 2024, "On the
 Trajectory Regularity of ODE-based Diffusion Sampling"). Teacher trajectories (a float64 DOP853 solve of the
@@ -58,12 +58,13 @@ class GridResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """A JSON-able dict of the result (tensors as lists)."""
         d = {k: v for k, v in vars(self).items() if k not in ("t", "grid")}
         d["t"], d["grid"] = self.t.tolist(), self.grid.tolist()
         return d
 
     def save(self, path, model: str | None = None) -> None:
-        """Write this grid as a grid file (:func:`save_grids`)."""
+        """Write this grid as a grid file (`save_grids`)."""
         save_grids(path, [self], model=model)
 
 
@@ -72,7 +73,7 @@ GRID_FORMAT = "sdekit-grids/1"
 
 def save_grids(path, results, model: str | None = None) -> None:
     """Write grids to a JSON grid file: ``{"format": "sdekit-grids/1", "model": ..., "grids": [entry, ...]}``,
-    each entry :meth:`GridResult.to_dict` (``t`` in continuous time, ``grid`` in the model's convention, the
+    each entry `GridResult.to_dict` (``t`` in continuous time, ``grid`` in the model's convention, the
     solver, the step count and the pilot and fresh errors). ``sdekit compare --grid FILE`` reads it."""
     import json
     import os
@@ -85,7 +86,7 @@ def save_grids(path, results, model: str | None = None) -> None:
 
 
 def load_grids(path) -> list[dict]:
-    """Read a grid file written by :func:`save_grids`; every entry is checked (a registered deterministic
+    """Read a grid file written by `save_grids`; every entry is checked (a registered deterministic
     solver, ``steps`` whole steps, a finite strictly decreasing ``t`` of ``steps + 1`` times)."""
     import json
 
@@ -130,7 +131,7 @@ METHODS = ("dp", "nelder_mead")
 def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "dp", n_pilot: int = 128,
                   n_fresh: int = 256, seed: int = 0, t_start: float | None = None, t_end: float | None = None,
                   candidates: int = 100, refine: int = 100, max_evals: int = 400, reference_rtol: float = 1e-10,
-                  progress: bool = False, **options) -> GridResult:
+                  progress: bool = False, **options: object) -> GridResult:
     """Optimise the time grid of a deterministic ``solver`` with ``steps`` steps on ``model``.
 
     Args:

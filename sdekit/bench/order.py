@@ -5,7 +5,7 @@ Errors on a ladder of step sizes, then the least-squares slope of ``log error`` 
 - ``kind="ode"``: RMS error of the end state against an exact solution (or the float64 reference);
   confidence interval from the regression's standard error (Student t, n - 2 dof).
 - ``kind="strong"``: ``E|X_N - X(T)|`` over samples, all step sizes on ONE Brownian path per sample (a
-  :class:`~sdekit.brownian.BrownianPath`, so coarse increments are sums of fine ones); ``exact`` gives the
+  [`BrownianPath`][sdekit.brownian.BrownianPath], so coarse increments are sums of fine ones); ``exact`` gives the
   pathwise solution on that path. CI by bootstrap over samples.
 - ``kind="weak"``: ``|E φ(X_N) - E φ(X(T))|``. With a pathwise ``exact`` the difference is estimated on
   coupled paths, ``mean(φ(X_N) - φ(X(T)))`` (a control variate whose Monte-Carlo error scales with the
@@ -23,13 +23,15 @@ import numpy as np
 import torch
 
 from ..brownian import BrownianPath
+from ..sde import SDE
 from ..solve import solve
+from ..solvers import Solver
 from ..solvers import get as get_solver
 
 
 @dataclass
 class OrderRecord:
-    """Result of :func:`convergence_order`: fitted ``order`` with a 95% ``ci``, the error table and the
+    """Result of `convergence_order`: fitted ``order`` with a 95% ``ci``, the error table and the
     declared order of the solver for this problem."""
 
     solver: str
@@ -43,12 +45,15 @@ class OrderRecord:
     nfe: list[int] = field(default_factory=list)
 
     def passed(self, tol: float) -> bool:
+        """Whether the measured order is within ``tol`` of the declared one (False when none is declared)."""
         return self.declared is not None and abs(self.order - self.declared) <= tol
 
     def to_dict(self) -> dict:
+        """A JSON-able dict of every field."""
         return asdict(self)
 
     def table(self) -> str:
+        """A plain-text table: the fitted order with its confidence interval, then step size, error, stderr."""
         lines = [f"{self.solver} ({self.kind}): order {self.order:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}]"
                  f" declared {self.declared}", f"{'dt':>12} {'error':>12} {'stderr':>12}"]
         for i, (h, e) in enumerate(zip(self.dts, self.errors)):
@@ -78,11 +83,11 @@ def fit_order(dts: Sequence[float], errors: Sequence[float]) -> tuple[float, tup
 def ladder_order(solver: str, kind: str, steps: Sequence[int], error: Callable, *, span: float = 1.0,
                  declared: float | None = None, per: str = "step") -> OrderRecord:
     """The one order-measuring loop: ``error(n)`` for each step count ``n`` of ``steps``, then the least-squares
-    slope of log error against log step (:func:`fit_order`).
+    slope of log error against log step (`fit_order`).
 
     ``error(n)`` returns the error, or ``(error, nfe)``. ``per="step"``: the step is ``span / n``; ``per="nfe"``:
-    the step is ``1 / nfe`` (samplers whose evaluations per step differ). :func:`convergence_order`,
-    :func:`sampler_order`, the order CLI and the conformance checks all measure through it.
+    the step is ``1 / nfe`` (samplers whose evaluations per step differ). `convergence_order`,
+    `sampler_order`, the order CLI and the conformance checks all measure through it.
     """
     if per not in ("step", "nfe"):
         raise ValueError(f"per must be 'step' or 'nfe', got {per!r}")
@@ -108,7 +113,7 @@ def ladder_order(solver: str, kind: str, steps: Sequence[int], error: Callable, 
 
 def sampler_order(model, solver, x_T: torch.Tensor, reference: torch.Tensor, *, steps: Sequence[int],
                   spacing: str = "log_snr", **options) -> OrderRecord:
-    """Order of a diffusion sampler (or any solver run by :func:`sdekit.sample`) per model evaluation: the RMS
+    """Order of a diffusion sampler (or any solver run by [`sdekit.sample`][]) per model evaluation: the RMS
     error of ``sample(model, x_T, solver, steps=n, spacing=spacing, **options).x`` against ``reference`` (the exact
     end state at the grid's end), fitted against ``1/NFE``. ``spacing`` may also be a function ``n -> grid`` (times
     in the model's convention). Raises ValueError when a run's reported NFE differs
@@ -148,8 +153,9 @@ def _bootstrap_ci(dts, per_sample: torch.Tensor, stat: Callable, n_boot: int, se
     return float(lo), float(hi)
 
 
-def convergence_order(problem, solver, x0: torch.Tensor, *, t0: float, t1: float, steps: Sequence[int],
-                      kind: str = "ode", exact=None, phi: Callable | None = None, exact_mean=None,
+def convergence_order(problem: SDE, solver: str | Solver, x0: torch.Tensor, *, t0: float, t1: float,
+                      steps: Sequence[int], kind: str = "ode", exact: torch.Tensor | Callable | None = None,
+                      phi: Callable | None = None, exact_mean: float | torch.Tensor | None = None,
                       seed: int = 0, n_bootstrap: int = 200) -> OrderRecord:
     """Measure the convergence order of ``solver`` on ``problem`` over uniform grids of ``steps`` steps.
 
@@ -157,7 +163,7 @@ def convergence_order(problem, solver, x0: torch.Tensor, *, t0: float, t1: float
         problem: an SDE/ODE; ``x0`` its initial state (for SDEs the batch holds the independent samples).
         kind: ``"ode"``, ``"strong"`` or ``"weak"``.
         exact: ODE: the exact final state (tensor) or ``exact(x0)``; SDE: ``exact(x0, bm)`` giving the
-            pathwise solution at ``t1`` on the :class:`BrownianPath` ``bm``.
+            pathwise solution at ``t1`` on the `BrownianPath` ``bm``.
         phi: weak test function, per-sample: ``phi(x) -> (B,)``; default the squared norm.
         exact_mean: ``E φ(X(T))`` (weak only, when no pathwise ``exact`` is given).
         steps: numbers of steps, e.g. ``(8, 16, 32, 64)``; for SDEs use powers of two so the grids are

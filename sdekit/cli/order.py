@@ -7,16 +7,16 @@ declared order is wrong fails: the verdict stays ``|fitted order - declared| <= 
 
 ==================  ===========================================================================================
 ``linear`` (ode)    ``x' = A x`` with ``A`` a damped rotation (eigenvalues ``-0.3 ± 2i``) on ``[0, 3]``, exact
-                    ``e^{3A} x0``; ladder by declared order (:data:`ODE_LADDERS`); RMS error of the end state
+                    ``e^{3A} x0``; ladder by declared order (`ODE_LADDERS`); RMS error of the end state
 ``ou`` strong       Ornstein–Uhlenbeck ``theta=2, mu=0.5, sigma=0.8`` from ``x0 = 1`` on ``[0, 1]``, 8..128 steps
                     on one Brownian path per sample, against the pathwise solution on 2^12 sub-steps; schemes of
-                    strong order > 1 on additive noise (SRA1) on :data:`NONLINEAR_ADDITIVE` instead (below)
+                    strong order > 1 on additive noise (SRA1) on `NONLINEAR_ADDITIVE` instead (below)
 ``ou`` weak         ``|E X(1)² - exact|`` from ``x0 = 1.5``, the scheme's mean and variance computed exactly by
-                    impulses (:func:`sdekit.testing.exact_moments`, no Monte-Carlo error); 8..64 steps
+                    impulses ([`sdekit.testing.exact_moments`][], no Monte-Carlo error); 8..64 steps
 ``gbm`` strong      geometric Brownian motion ``mu=0.5, sigma=0.8`` from 1 on ``[0, 1]``, 8..128 steps, exact
                     pathwise solution
 ``gbm`` weak        ``|E X(1)² - exact|``, the scheme's second moment computed exactly by Gauss–Hermite
-                    quadrature of its one-step multiplier (:func:`_gbm_second_moment`); 8..64 steps
+                    quadrature of its one-step multiplier (`_gbm_second_moment`); 8..64 steps
 ``pf-ode`` (ode)    probability-flow ODE of the ``ring2d`` mixture under VP, log-SNR grids of 50..400 steps
                     (160..1280 for declared orders above 3.5),
                     against DOP853 at rtol 1e-12; the deterministic fixed-step diffusion samplers
@@ -26,16 +26,16 @@ Why SRA1 is not measured on OU: with additive noise, the weight-2 Itô–Taylor 
 carry ``f''`` (``g² f''`` on ``I_(1,1,0)``, ``½ g² f''`` inside the ``I_(0,0)`` term; Kloeden & Platen 1992,
 Ch. 5 and the order-1.5 and 2.0 strong Taylor schemes of §10.4–10.5). On OU's linear drift they vanish, so a
 scheme of strong order 1.5 and deterministic order 2 (SRA1, Rößler 2010) converges with order 2 there (2.06
-measured against a Lévy-area-exact pathwise solution), not 1.5. :data:`NONLINEAR_ADDITIVE` has ``f'' != 0``
+measured against a Lévy-area-exact pathwise solution), not 1.5. `NONLINEAR_ADDITIVE` has ``f'' != 0``
 and no closed form: its reference is the same scheme on a 16 times finer grid of the same path (error
 ``16^1.5 = 64`` times below the finest level measured). That reference cannot tell a scheme that converges to
 the wrong solution, so such a row passes only if the scheme also converges to OU's exact solution no slower
 than declared (one-sided: it measures ~1.7 there, above 1.5, against the 2^12-sub-step reference).
 
 ``--samples`` (Brownian paths) and ``--seed`` apply to the strong orders and to ``pf-ode`` (at most
-:data:`PF_ODE_MAX_SAMPLES` initial points there); the weak orders and ``linear`` are computed exactly. Sizes
-are checked before anything runs (:func:`_check_sizes`): step counts against :data:`MAX_STEPS`, and the memory
-a run plans to use against :data:`MEMORY_BUDGET`.
+`PF_ODE_MAX_SAMPLES` initial points there); the weak orders and ``linear`` are computed exactly. Sizes
+are checked before anything runs (`_check_sizes`): step counts against `MAX_STEPS`, and the memory
+a run plans to use against `MEMORY_BUDGET`.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ IMPULSE_COPIES = 16
 
 @dataclass(frozen=True)
 class _Case:
-    """What a row of the table measures: the problem (a key of :data:`PROBLEM_LABELS`), its ladder, and the
-    finest grid any of its solves runs (the self-reference runs :data:`REFERENCE_REFINEMENT` times finer)."""
+    """What a row of the table measures: the problem (a key of `PROBLEM_LABELS`), its ladder, and the
+    finest grid any of its solves runs (the self-reference runs `REFERENCE_REFINEMENT` times finer)."""
 
     problem: str
     steps: tuple[int, ...]
@@ -219,10 +219,10 @@ def _parse_solvers(text: str | None, problem: str, kind: str) -> list[str]:
 def _bytes_needed(problem: str, kind: str, cases: list[_Case], samples: int) -> tuple[int, int]:
     """The memory a run plans to use: ``(per-step part, per-sample part)`` in bytes.
 
-    Strong orders hold a Brownian path over the finest grid (:data:`PATH_BYTES_PER_STEP`) and, per sample of
-    the scalar state, :data:`STRONG_COPIES` float64 states. The exact weak moments on OU solve ``2 n + 1``
-    impulse responses at once for ``n`` steps (:data:`IMPULSE_COPIES` each). The other runs hold a grid and a
-    state of at most :data:`PF_ODE_MAX_SAMPLES` samples: no sample-dependent memory worth counting.
+    Strong orders hold a Brownian path over the finest grid (`PATH_BYTES_PER_STEP`) and, per sample of
+    the scalar state, `STRONG_COPIES` float64 states. The exact weak moments on OU solve ``2 n + 1``
+    impulse responses at once for ``n`` steps (`IMPULSE_COPIES` each). The other runs hold a grid and a
+    state of at most `PF_ODE_MAX_SAMPLES` samples: no sample-dependent memory worth counting.
     """
     finest = max(c.finest for c in cases)
     if kind == "strong":
@@ -233,8 +233,8 @@ def _bytes_needed(problem: str, kind: str, cases: list[_Case], samples: int) -> 
 
 
 def _check_sizes(problem: str, kind: str, cases: list[_Case], samples: int) -> None:
-    """Refuse, before anything runs, step counts above :data:`MAX_STEPS` and a run whose memory would exceed
-    :data:`MEMORY_BUDGET`, naming the argument and its allowed range."""
+    """Refuse, before anything runs, step counts above `MAX_STEPS` and a run whose memory would exceed
+    `MEMORY_BUDGET`, naming the argument and its allowed range."""
     per_steps, per_samples = _bytes_needed(problem, kind, cases, samples)
     gib = 2**30
     most_steps = max(max(c.steps) for c in cases)
@@ -255,7 +255,7 @@ def _check_sizes(problem: str, kind: str, cases: list[_Case], samples: int) -> N
 
 # --- measurements ------------------------------------------------------------------------------------------------
 def _ou_pathwise(x0: torch.Tensor, bm, fine: int = 2**12) -> torch.Tensor:
-    """OU's pathwise solution at 1 on ``bm``: :meth:`OrnsteinUhlenbeck.pathwise`'s trapezoid rule on ``fine``
+    """OU's pathwise solution at 1 on ``bm``: `OrnsteinUhlenbeck.pathwise`'s trapezoid rule on ``fine``
     sub-steps, summed one sub-step at a time so that memory stays O(samples) rather than O(samples · fine).
     Its error (~5e-5, tests/test_order.py) is 40 times below the finest strong error measured."""
     ts = torch.linspace(0, 1, fine + 1, dtype=F64).tolist()
@@ -290,7 +290,7 @@ def _strong_record(name: str, problem: str, case: _Case, samples: int, seed: int
 
 
 def _exact_moments():
-    """:func:`sdekit.testing.exact_moments`, imported when needed: sdekit.testing needs hypothesis."""
+    """[`sdekit.testing.exact_moments`][], imported when needed: sdekit.testing needs hypothesis."""
     try:
         from ..testing import exact_moments
     except ImportError:
@@ -334,13 +334,13 @@ class _StepIncrements:
 
 
 def _gbm_second_moment(solver, n: int) -> float:
-    """``E X_n²`` of ``solver`` after ``n`` steps of ``1/n`` on :data:`GBM` from ``x0 = 1``, exactly.
+    """``E X_n²`` of ``solver`` after ``n`` steps of ``1/n`` on `GBM` from ``x0 = 1``, exactly.
 
     On ``dX = mu X dt + sigma X dW`` a one-step scheme maps ``X_k`` to ``X_k r(ΔW_k, H_k)``: its multiplier
     ``r`` does not depend on ``X_k`` (the coefficients are linear in x) nor on ``k`` (they do not depend on t),
     and the steps' noise is independent, so ``E X_n² = (E r²)^n``. ``E r²`` comes from Gauss–Hermite
     quadrature over ``ΔW ~ N(0, h)`` (and ``H ~ N(0, h/12)`` for schemes with Lévy area) with
-    :data:`HERMITE_NODES` nodes each (Abramowitz & Stegun 1964, 25.4.46). Both premises are checked (a state
+    `HERMITE_NODES` nodes each (Abramowitz & Stegun 1964, 25.4.46). Both premises are checked (a state
     of 2 must give ``2 r``; two steps must give ``r(ξ1) r(ξ2)``); a ValueError says which one failed.
     """
     h = 1.0 / n

@@ -1,8 +1,8 @@
-"""The solver interface: declared orders, supported noise types, evaluations per step; the :class:`Step`.
+"""The solver interface: declared orders, supported noise types, evaluations per step; the `Step`.
 
-A solver is stateless: :meth:`Solver.init` makes the state a solve carries between steps, and
-:meth:`Solver.step` advances ``x`` from ``t0`` to ``t1`` (either direction), returning a :class:`Step`. The one
-loop (:func:`sdekit.solve`) owns the time grid or step-size controller, the Brownian path, save-at and the
+A solver is stateless: `Solver.init` makes the state a solve carries between steps, and
+`Solver.step` advances ``x`` from ``t0`` to ``t1`` (either direction), returning a `Step`. The one
+loop ([`sdekit.solve`][]) owns the time grid or step-size controller, the Brownian path, save-at and the
 statistics, and reads nothing from a solver but its declared metadata and the steps it returns (the design
 of diffrax's ``AbstractSolver.step``).
 """
@@ -26,7 +26,7 @@ class Step:
             it. (It may memoise there a value that depends only on the step's start, as the adaptive DPM-Solver
             keeps the model output at ``(t0, x0)``.)
         error: an embedded local error estimate in ``x1``'s shape (adaptive solvers), else None.
-        dense: whatever :meth:`Solver.interpolate` needs to evaluate the solution inside the step (e.g. the
+        dense: whatever `Solver.interpolate` needs to evaluate the solution inside the step (e.g. the
             Runge–Kutta stages), else None (linear interpolation).
         nfe: drift (model) evaluations this step made; None means the declared ``evals_per_step``.
     """
@@ -44,18 +44,18 @@ class Solver:
     Class attributes (the metadata the registry, the tests and the CLI read):
         name: registry name.
         order: order of the deterministic method (ODE order; for SDE schemes the order on an ODE).
-        strong_order / weak_order: for general (multiplicative) noise; see :meth:`strong_order_for`.
+        strong_order / weak_order: for general (multiplicative) noise; see `strong_order_for`.
         noise_types: SDE noise types the solver handles; empty for ODE-only solvers.
         evals_per_step: drift (model) evaluations per step (FSAL reuse already subtracted).
-        adaptive: whether :meth:`step` returns an embedded error estimate (usable with a controller).
+        adaptive: whether `step` returns an embedded error estimate (usable with a controller).
         needs_levy_area: the step needs the space-time Lévy area of the Brownian increment.
         step_variable: the variable an adaptive controller steps in: ``"t"`` (time) or ``"lambda"`` (the
             log-SNR of a diffusion process: adaptive diffusion samplers).
-        default_controller: the :class:`~sdekit.solve.PIController` settings :func:`sdekit.sample` uses when the
+        default_controller: the [`PIController`][sdekit.solve.PIController] settings [`sdekit.sample`][] uses when the
             caller gives no grid options (None: the solver runs on a fixed grid unless asked otherwise).
         init_evals: evaluations a fixed-grid solve makes once, at its start (a first-same-as-last method's
             first derivative); reported in the first step's ``nfe``.
-        noise_sampler: the step takes its noise as a :class:`~sdekit.brownian.StepNoise` (drawn on demand,
+        noise_sampler: the step takes its noise as a [`StepNoise`][sdekit.brownian.StepNoise] (drawn on demand,
             possibly more than once a step or inside a fused kernel) instead of the Brownian increment.
     """
 
@@ -76,6 +76,7 @@ class Solver:
     additive_weak_order: float | None = None
 
     def strong_order_for(self, noise_type: str | None) -> float | None:
+        """The declared strong order on ``noise_type`` (the ODE order for None)."""
         if noise_type is None:
             return self.order
         if noise_type == "additive" and self.additive_strong_order is not None:
@@ -83,6 +84,7 @@ class Solver:
         return self.strong_order
 
     def weak_order_for(self, noise_type: str | None) -> float | None:
+        """The declared weak order on ``noise_type`` (the ODE order for None)."""
         if noise_type is None:
             return self.order
         if noise_type == "additive" and self.additive_weak_order is not None:
@@ -91,6 +93,7 @@ class Solver:
 
     @property
     def stochastic(self) -> bool:
+        """Whether the solver solves SDEs (declares a noise type)."""
         return bool(self.noise_types)
 
     def check(self, problem) -> None:
@@ -113,10 +116,10 @@ class Solver:
         return None
 
     def step(self, problem, t0: float, t1: float, x0: torch.Tensor, noise, state) -> Step:
-        """One step from ``t0`` to ``t1``; returns a :class:`Step`.
+        """One step from ``t0`` to ``t1``; returns a `Step`.
 
-        ``noise`` is ``W(t1) - W(t0)`` (or ``(W, H)`` when :attr:`needs_levy_area`; a
-        :class:`~sdekit.brownian.StepNoise` when :attr:`noise_sampler`), None for ODEs.
+        ``noise`` is ``W(t1) - W(t0)`` (or ``(W, H)`` when `needs_levy_area`; a
+        [`StepNoise`][sdekit.brownian.StepNoise] when `noise_sampler`), None for ODEs.
         """
         raise NotImplementedError
 
@@ -137,7 +140,7 @@ REGISTRY: dict[str, type[Solver]] = {}
 
 
 def register(cls: type[Solver]) -> type[Solver]:
-    """Class decorator: add a solver class to :data:`REGISTRY` under ``cls.name``."""
+    """Class decorator: add a solver class to `REGISTRY` under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"register takes a Solver subclass, got {cls!r}")
     if not cls.name:

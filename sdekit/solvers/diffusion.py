@@ -1,20 +1,20 @@
 """Diffusion samplers: DDPM, DDIM, DPM-Solver, DPM-Solver++, UniPC, iPNDM, DEIS, EDM Heun, predictor–corrector.
 
-Each sampler is a :class:`~sdekit.solvers.base.Solver` stepping the probability-flow ODE (deterministic
+Each sampler is a [`Solver`][sdekit.solvers.base.Solver] stepping the probability-flow ODE (deterministic
 samplers) or the reverse SDE (stochastic samplers) of ``problem = (process, model)`` on a decreasing time
 grid; it calls the model through its exact parameterization conversions and works for every process.
 
-Notation of Lu et al. (2022): a step goes from ``s`` to ``t`` (:class:`Point`: the time with ``alpha``,
+Notation of Lu et al. (2022): a step goes from ``s`` to ``t`` (`Point`: the time with ``alpha``,
 ``sigma`` and ``lambda_ = log(alpha/sigma)``), ``h = lambda_t - lambda_s > 0`` toward data; ``eps`` is the
 noise prediction, ``denoised`` (``D``) the data prediction. The update rules are module-level functions in
 that notation (as the DPM-Solver reference code's ``*_update`` functions), reused wherever a formula recurs:
 the adaptive pair and the DPM-Solver++(3M) warm-up call the singlestep updates. An update returns the new
-state as a linear combination (:class:`Update`: terms, plus the coefficient of the step's Gaussian ``z``),
+state as a linear combination (`Update`: terms, plus the coefficient of the step's Gaussian ``z``),
 which every sampler hands to the same final ``combine``: PyTorch operations, or one fused kernel pass
 (``fused=True``) that, on fresh noise, draws ``z`` in registers.
 
 A step's Gaussian ``z`` is the Brownian increment over the step divided by ``sqrt(|t - s|)``. Multistep
-history lives in the solve's :class:`SamplerState` (never on the sampler object), so every solve starts fresh.
+history lives in the solve's `SamplerState` (never on the sampler object), so every solve starts fresh.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class Evaluations:
         return p
 
     def point_at_lambda(self, lambda_: float) -> Point:
+        """The grid `Point` at half log-SNR ``lambda_`` (its time by the process's exact inverse)."""
         return self.point(float(self.problem.process.t_from_log_snr(_t(lambda_))))
 
     def __call__(self, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
@@ -102,12 +103,15 @@ class Evaluations:
         return self.sampler.model_out(self.problem, x, p.t, kind)
 
     def eps(self, x, p: Point):
+        """The model's noise prediction at ``(x, p)``, counted as one evaluation."""
         return self(x, p, "eps")
 
     def denoised(self, x, p: Point):
+        """The model's data prediction at ``(x, p)``, counted as one evaluation."""
         return self(x, p, "x0")
 
     def score(self, x, p: Point):
+        """The model's score at ``(x, p)``, counted as one evaluation."""
         return self(x, p, "score")
 
 
@@ -322,8 +326,8 @@ class DiffusionSampler(Solver):
     """Base class: a sampler that needs ``problem.model`` and ``problem.process`` (a PF-ODE or reverse SDE).
 
     Subclasses implement ``_step(ev, x, s, t, noise, st) -> Update`` with ``ev`` the step's
-    :class:`Evaluations`, ``s``/``t`` the :class:`Point` s of the step and ``st`` the step's own copy of the
-    :class:`SamplerState` (the one passed in is never modified: a rejected adaptive step retries from it).
+    `Evaluations`, ``s``/``t`` the `Point` s of the step and ``st`` the step's own copy of the
+    `SamplerState` (the one passed in is never modified: a rejected adaptive step retries from it).
     """
 
     noise_types: tuple[str, ...] = ()
@@ -421,7 +425,7 @@ def _lower_order(st: SamplerState, order: int, lower_order_final: bool) -> int:
     return max(order, 1)
 
 
-#: Default step-ratio bound of the multistep samplers (``max_step_ratio``): see :func:`_ratio_order`.
+#: Default step-ratio bound of the multistep samplers (``max_step_ratio``): see `_ratio_order`.
 MAX_STEP_RATIO = 3.5
 
 
@@ -439,7 +443,7 @@ def _ratio_order(order: int, lambdas, h: float, max_ratio: float | None) -> int:
     ``lambdas``: the history's log-SNRs, newest (the step's start) last; ``h``: the new step in lambda. An order-p
     step extrapolates the model output through the last p points, over the stencil's steps
     ``(h_{-p+1}, ..., h_{-1}, h)``. For p = 2 the older point enters with the weight ``omega / 2`` relative to
-    the newest one, where ``omega = h / h_{-1}`` (the ``1/(2 r0)`` of :func:`dpmpp_multistep_update`). So the
+    the newest one, where ``omega = h / h_{-1}`` (the ``1/(2 r0)`` of `dpmpp_multistep_update`). So the
     extrapolation reaches ``omega / 2`` previous steps ahead. Higher orders grow like ``omega^(p-1)``. This is
     the step-ratio condition of variable-step multistep theory (Hairer, Nørsett & Wanner, Solving ODEs I,
     §III.5; for BDF2, zero stability needs ``omega < 1 + sqrt 2``, Grigorieff 1983).
@@ -472,7 +476,7 @@ def _push(st: SamplerState, lambda_: float, denoised, keep: int):
 # --- DDPM, DDIM --------------------------------------------------------------------------------------------
 @register
 class DDPM(DiffusionSampler):
-    """Ancestral sampling of Ho et al. (2020), Algorithm 2, for any step (:func:`ddpm_update`). Weak order 1;
+    """Ancestral sampling of Ho et al. (2020), Algorithm 2, for any step (`ddpm_update`). Weak order 1;
     one evaluation per step."""
 
     name = "ddpm"
@@ -492,7 +496,7 @@ class DDPM(DiffusionSampler):
 
 @register
 class DDIM(DiffusionSampler):
-    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any process (:func:`ddim_update`). ``eta = 0``: deterministic,
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any process (`ddim_update`). ``eta = 0``: deterministic,
     order 1, identical to DPM-Solver-1 and DPM-Solver++(1); ``eta = 1`` with fresh noise is DDPM's ancestral
     step (beta-tilde)."""
 
@@ -514,7 +518,7 @@ class DDIM(DiffusionSampler):
 # --- DPM-Solver (noise prediction, singlestep) ---------------------------------------------------------
 @register
 class DPMSolver1(DiffusionSampler):
-    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7; :func:`dpm_solver_1_update`). Order 1, 1 evaluation per step."""
+    """DPM-Solver-1 (Lu et al. 2022, eq. 3.7; `dpm_solver_1_update`). Order 1, 1 evaluation per step."""
 
     name = "dpm_solver_1"
     order = 1.0
@@ -526,7 +530,7 @@ class DPMSolver1(DiffusionSampler):
 
 @register
 class DPMSolver2(DiffusionSampler):
-    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, ``r1 = 1/2``; :func:`dpm_solver_2_update`): singlestep,
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, ``r1 = 1/2``; `dpm_solver_2_update`): singlestep,
     order 2, 2 evaluations per step."""
 
     name = "dpm_solver_2"
@@ -544,7 +548,7 @@ class DPMSolver2(DiffusionSampler):
 
 @register
 class DPMSolver3(DiffusionSampler):
-    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2, ``r1 = 1/3``, ``r2 = 2/3``; :func:`dpm_solver_3_update`):
+    """DPM-Solver-3 (Lu et al. 2022, Algorithm 2, ``r1 = 1/3``, ``r2 = 2/3``; `dpm_solver_3_update`):
     singlestep, order 3, 3 evaluations per step."""
 
     name = "dpm_solver_3"
@@ -560,10 +564,10 @@ class DPMSolverAdaptive(DiffusionSampler):
     """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, §3.4, Algorithm 4) as an embedded pair: the order-``k``
     singlestep update and the order-``k - 1`` one sharing its model evaluations (DPM-Solver-1 under -2;
     DPM-Solver-2 with ``r1 = 1/3`` under -3); the error estimate is their difference. The one loop runs it
-    with a :class:`~sdekit.controllers.PIController` in lambda (log-SNR); by default DPM-Solver's
+    with a [`PIController`][sdekit.controllers.PIController] in lambda (log-SNR); by default DPM-Solver's
     ``rtol = 0.05``, ``atol = 0.0078``, the per-sample RMS norm (maximum over the batch), ``h_init = 0.05``
     and ``h <- 0.9 h E^{-1/k}``. Order ``k`` (2 or 3), ``k`` evaluations per attempt (the model output at a
-    step's start is kept across a rejected attempt). Through :func:`sdekit.sample` ``steps`` is ignored; give
+    step's start is kept across a rejected attempt). Through [`sdekit.sample`][] ``steps`` is ignored; give
     ``rtol``, ``atol``, ``max_steps``, ``dt0`` (= ``h_init``), ``safety`` (= ``theta``). On a fixed grid it is
     DPM-Solver-2 (order 2) or DPM-Solver-3 (order 3).
     """
@@ -607,7 +611,7 @@ class DPMSolverAdaptive(DiffusionSampler):
 # --- DPM-Solver++ (data prediction) -------------------------------------------------------------------
 @register
 class DPMSolverPP2S(DiffusionSampler):
-    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, ``r = 1/2``; :func:`dpmpp_2s_update`): singlestep,
+    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, ``r = 1/2``; `dpmpp_2s_update`): singlestep,
     order 2, 2 evaluations."""
 
     name = "dpmpp_2s"
@@ -620,7 +624,7 @@ class DPMSolverPP2S(DiffusionSampler):
 
 class DPMSolverPPMultistep(DiffusionSampler):
     """DPM-Solver++ multistep of order 1–3 (Lu et al. 2022b, Algorithm 2; third order by the Taylor expansion
-    of the data prediction in lambda; :func:`dpmpp_multistep_update`), one evaluation per step.
+    of the data prediction in lambda; `dpmpp_multistep_update`), one evaluation per step.
 
     ``variant``: ``"taylor"`` (default) is third order (measured: 3.1 on the analytic GMM). ``"reference"``
     reproduces the DPM-Solver reference code and diffusers' ``DPMSolverMultistepScheduler``, whose last term
@@ -677,7 +681,7 @@ class DPMSolverPP3M(DPMSolverPPMultistep):
 
 @register
 class DPMSolverPP2MSDE(DiffusionSampler):
-    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5; :func:`dpmpp_2m_sde_update`): exact in the linear part of the
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5; `dpmpp_2m_sde_update`): exact in the linear part of the
     reverse SDE in data prediction; the first step is first order. One evaluation per step. Declared weak
     order 2: measured exactly (no Monte-Carlo) on Gaussian data, where the linear part and its noise are
     integrated exactly and the data prediction is extrapolated to second order.
@@ -702,7 +706,7 @@ class DPMSolverPP2MSDE(DiffusionSampler):
 class UniPC(DiffusionSampler):
     """UniPC (Zhao et al. 2023): the unified predictor UniP-p plus the corrector UniC on data prediction,
     with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``); coefficients from
-    :func:`unipc_coefficients`. The corrector reuses the model evaluation at the new point as the next step's
+    `unipc_coefficients`. The corrector reuses the model evaluation at the new point as the next step's
     history (one evaluation per step); the last step is not corrected (it would cost an extra evaluation).
     Declared order ``min(order + 1, 3)``: UniC raises UniP-p's order by one (the paper's Theorem 3.1), and the
     lower-order warm-up step caps the global order at 3.
@@ -791,9 +795,9 @@ class IPNDM(_ScaledMultistep):
     lower order (no Runge–Kutta start, unlike PNDM), one evaluation per step.
 
     ``variant="variable"`` (default) uses the variable-step Adams–Bashforth weights
-    ``∫ ℓ_j(rho) d rho`` over the step (:func:`lagrange_weights`; the "iPNDM_v" of the GITS/AMED code, and
+    ``∫ ℓ_j(rho) d rho`` over the step (`lagrange_weights`; the "iPNDM_v" of the GITS/AMED code, and
     DEIS's rhoAB): order ``order`` on any grid. ``variant="fixed"`` uses the equal-step coefficients
-    :data:`AB_FIXED` times the step in ``rho`` whatever the grid, as the original: on a grid whose step ratios
+    `AB_FIXED` times the step in ``rho`` whatever the grid, as the original: on a grid whose step ratios
     tend to 1 like ``1 + O(h)`` (uniform in log-SNR, polynomial in sigma) it is second order from
     ``order = 2``, and first order where the ratios stay away from 1 (an optimised or irregular grid). Its
     declared order is the one that holds on every grid: 1.
@@ -825,7 +829,7 @@ class DEIS(_ScaledMultistep):
     """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", §4, eq. 15): the
     exponential integrator ``xbar_t = xbar_s + ∫ eps d rho`` (``xbar = x/alpha``, ``rho = sigma/alpha``) with
     ``eps`` extrapolated by the Lagrange polynomial through the last ``order`` evaluations, its weights
-    ``∫ ℓ_j d rho`` by 8-point Gauss–Legendre quadrature in ``rho`` (:func:`lagrange_weights`; the paper
+    ``∫ ℓ_j d rho`` by 8-point Gauss–Legendre quadrature in ``rho`` (`lagrange_weights`; the paper
     integrates them numerically too). ``order`` 1–4 (default 2, as diffusers' ``DEISMultistepScheduler``; the
     paper's "tAB-r" is order r + 1; order 1 is DDIM). One evaluation per step, lower order in the warm-up steps.
 
@@ -872,7 +876,7 @@ class DEIS(_ScaledMultistep):
 @register
 class EDMHeun(DiffusionSampler):
     """Karras et al. (2022), Algorithm 2: Heun's method on ``dxbar/dsigmabar = (xbar - D)/sigmabar`` in the
-    scaled variables ``xbar = x/alpha``, ``sigmabar = sigma/alpha = e^{-lambda}`` (:func:`edm_heun_update`),
+    scaled variables ``xbar = x/alpha``, ``sigmabar = sigma/alpha = e^{-lambda}`` (`edm_heun_update`),
     with optional churn (``S_churn``, ``S_min``, ``S_max``, ``S_noise``). Deterministic (``S_churn = 0``):
     order 2, 2 evaluations per step (1 on a step to sigma = 0). With churn it is stochastic.
     """
@@ -911,7 +915,7 @@ class PredictorCorrector(DiffusionSampler):
     on the reverse SDE. Corrector: ``n_corrector_steps`` Langevin steps at ``t`` of size
     ``2 a_i (snr ||xi|| / ||score||)²`` (norms averaged over the batch; ``a_i = (alpha_t/alpha_s)²``, i.e.
     1 - beta_i for VP, and 1 when alpha is constant), each with a fresh Gaussian ``xi`` drawn from the solve's
-    noise source (:meth:`~sdekit.brownian.StepNoise.extra`). Weak order 1; ``1 + n_corrector_steps``
+    noise source (``StepNoise.extra``). Weak order 1; ``1 + n_corrector_steps``
     evaluations per step.
     """
 

@@ -86,7 +86,7 @@ _DP_DENSE = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -106907
              701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423)
 
 class ExplicitRK(Solver):
-    """Generic explicit Runge–Kutta stepper over a float64 :class:`Tableau`."""
+    """Generic explicit Runge–Kutta stepper over a float64 `Tableau`."""
 
     tableau: Tableau
 

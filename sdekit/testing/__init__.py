@@ -1,14 +1,14 @@
 """Testing tools for solvers: hypothesis strategies for problems with exact answers, and a conformance suite.
 
-- :mod:`sdekit.testing.strategies`: random problems with exact answers (linear ODEs and SDEs, OU, GBM,
+- [`sdekit.testing.strategies`][]: random problems with exact answers (linear ODEs and SDEs, OU, GBM,
   Stuart–Landau, logistic, Riccati), diffusion processes with random parameters, Gaussian mixtures as exact
   score models, non-uniform time grids, state shapes and dtypes; all shrink to small, readable cases.
-- :mod:`sdekit.testing.problems`: the builders behind them (``Problem`` with ``exact``, ``pathwise``,
+- [`sdekit.testing.problems`][]: the builders behind them (``Problem`` with ``exact``, ``pathwise``,
   ``mean``, ``covariance``).
-- :func:`check_solver`: every check that applies to a solver's declared capabilities (orders, exactness,
-  invariances, accounting), returning a :class:`Report`; :func:`assert_solver_conforms` for pytest.
-- :class:`ImpulseNoise` / :func:`exact_moments`: exact weak moments of a scheme on a linear SDE (no Monte-Carlo).
-- :class:`CountingProblem`: counts drift and diffusion evaluations.
+- `check_solver`: every check that applies to a solver's declared capabilities (orders, exactness,
+  invariances, accounting), returning a `Report`; `assert_solver_conforms` for pytest.
+- `ImpulseNoise` / `exact_moments`: exact weak moments of a scheme on a linear SDE (no Monte-Carlo).
+- `CountingProblem`: counts drift and diffusion evaluations.
 
 Needs hypothesis (``pip install 'sdekit[testing]'``). See ``docs/testing.md``.
 """
@@ -26,7 +26,8 @@ from .problems import Problem
 _LAZY = {name: "conformance" for name in (
     "CHECKS", "PROFILES", "Case", "Check", "CheckFailed", "Context", "Failure", "Profile", "Report",
     "applicable_checks", "assert_solver_conforms", "capabilities", "check_solver", "hypothesis_settings",
-    "measure_ode_order", "register_check", "unregister_check")}
+    "register_check", "unregister_check")}
+_LAZY["measure_ode_order"] = "checks_ode_orders"
 _LAZY.update({"strategies": None, "conformance": None, "diffusion_checks": None})
 
 
@@ -35,7 +36,7 @@ def __getattr__(name):
         raise AttributeError(f"module 'sdekit.testing' has no attribute {name!r}")
     module = _LAZY[name] or name
     mod = importlib.import_module(f".{module}", __name__)
-    if module in ("conformance", "diffusion_checks"):
+    if module in ("conformance", "diffusion_checks", "checks_ode_orders"):
         importlib.import_module(".diffusion_checks", __name__)  # registers the diffusion-sampler checks
     value = mod if _LAZY[name] is None else getattr(mod, name)
     globals()[name] = value

@@ -1,7 +1,7 @@
-"""The checks of :func:`sdekit.testing.check_solver` for accounting (evaluation counts, blow-up, adaptive step control).
+"""The checks of [`sdekit.testing.check_solver`][] for accounting (evaluation counts, blow-up, adaptive step control).
 
-Each check registers itself with :func:`~sdekit.testing.conformance.register_check` when this module is
-imported (by :mod:`sdekit.testing.conformance`)."""
+Each check registers itself with [`register_check`][sdekit.testing.conformance.register_check] when this module is
+imported (by [`sdekit.testing.conformance`][])."""
 
 from __future__ import annotations
 

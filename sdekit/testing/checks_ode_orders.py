@@ -1,7 +1,7 @@
-"""The checks of :func:`sdekit.testing.check_solver` for the ODE order and consistency (the orders group).
+"""The checks of [`sdekit.testing.check_solver`][] for the ODE order and consistency (the orders group).
 
-Each check registers itself with :func:`~sdekit.testing.conformance.register_check` when this module is
-imported (by :mod:`sdekit.testing.conformance`)."""
+Each check registers itself with [`register_check`][sdekit.testing.conformance.register_check] when this module is
+imported (by [`sdekit.testing.conformance`][])."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _ode_errors(problem: P.Problem, solver) -> tuple[list[int], list[float]]:
 
 def measure_ode_order(problem: P.Problem, solver) -> tuple[float | None, list[int], list[float]]:
     """Measured order of ``solver`` on a closed-form ODE ``problem``: the least-squares slope (library
-    :func:`~sdekit.bench.fit_order`) of the error over the finest (at most 4) step sizes whose error is finite
+    [`fit_order`][sdekit.bench.fit_order]) of the error over the finest (at most 4) step sizes whose error is finite
     and above round-off, after the last blow-up. None when fewer than two such step sizes exist (errors at
     round-off from the start). Returns ``(order, steps, errors)``."""
     steps, errs = _ode_errors(problem, solver)

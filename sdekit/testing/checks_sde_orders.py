@@ -1,7 +1,7 @@
-"""The checks of :func:`sdekit.testing.check_solver` for strong and weak SDE orders (the 'orders' group).
+"""The checks of [`sdekit.testing.check_solver`][] for strong and weak SDE orders (the 'orders' group).
 
-Each check registers itself with :func:`~sdekit.testing.conformance.register_check` when this module is
-imported (by :mod:`sdekit.testing.conformance`)."""
+Each check registers itself with [`register_check`][sdekit.testing.conformance.register_check] when this module is
+imported (by [`sdekit.testing.conformance`][])."""
 
 from __future__ import annotations
 
@@ -58,11 +58,11 @@ def _strong_applies(solver, caps):
                 group="orders")
 def check_strong_order(ctx: Context) -> None:
     """Strong order (``E|X_N - X(T)|`` over nested grids of 8..128 steps on one Brownian path per sample, library
-    :func:`~sdekit.bench.convergence_order`) >= declared - tolerance, per supported noise type: GBM (diagonal);
-    for scalar and general noise commuting GBMs, non-symmetric commuting linear SDEs, sheared GBMs (nonlinear,
-    non-symmetric state-dependent Jacobian; autonomous and non-autonomous) and, for general noise, the Heisenberg
-    SDE (non-commutative: order 0.5 without Lévy areas); Ornstein–Uhlenbeck (additive; exact pathwise solution by
-    :func:`~sdekit.testing.problems.linear_pathwise`)."""
+    [`convergence_order`][sdekit.bench.convergence_order]) >= declared - tolerance, per supported noise type: GBM
+    (diagonal); for scalar and general noise commuting GBMs, non-symmetric commuting linear SDEs, sheared GBMs
+    (nonlinear, non-symmetric state-dependent Jacobian; autonomous and non-autonomous) and, for general noise, the
+    Heisenberg SDE (non-commutative: order 0.5 without Lévy areas); Ornstein–Uhlenbeck (additive; exact pathwise
+    solution by [`linear_pathwise`][sdekit.testing.problems.linear_pathwise])."""
     for nt in _noise_caps(ctx.caps):
         declared = ctx.solver.strong_order_for(nt)
         if declared is None:
@@ -96,7 +96,7 @@ def _weak_applies(solver, caps):
 @register_check("weak_order", capability="sde:additive", applies=_weak_applies, group="orders")
 def check_weak_order(ctx: Context) -> None:
     """Weak order on OU and linear additive-noise SDEs, with the scheme's mean and covariance computed exactly by
-    impulses (:func:`~sdekit.testing.noise.exact_moments`; no Monte-Carlo error): the error
+    impulses ([`exact_moments`][sdekit.testing.noise.exact_moments]; no Monte-Carlo error): the error
     ``max|Δmean| + max|Δcov|`` over 8..64 steps must fall at least at the declared weak order - tolerance.
     Skipped (with a note) for a solver that is not affine in its noise on these problems."""
     declared = ctx.solver.weak_order_for("additive")

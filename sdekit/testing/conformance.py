@@ -1,11 +1,11 @@
 """The solver conformance suite: ``check_solver(solver)`` runs every check that applies to a solver's declared
-capabilities and returns a :class:`Report`.
+capabilities and returns a `Report`.
 
-A solver is anything following :class:`sdekit.solvers.Solver` (registered or not). Its capabilities are
+A solver is anything following [`sdekit.solvers.Solver`][] (registered or not). Its capabilities are
 probed, not assumed: ``"ode"`` if ``solver.check`` accepts a plain ODE, ``"sde:<noise type>"`` for each
 declared noise type that ``solver.check`` accepts on a generic SDE, ``"adaptive"``, ``"levy_area"``, and
 ``"diffusion:ode"`` / ``"diffusion:sde"`` if it accepts a probability-flow ODE / reverse SDE of a diffusion
-model. Each check in :data:`CHECKS` states what it needs; checks that do not apply are listed in
+model. Each check in `CHECKS` states what it needs; checks that do not apply are listed in
 ``report.skipped`` with the reason.
 
 Checks (tolerances are module constants; the reason for each is next to it):
@@ -34,12 +34,12 @@ Checks (tolerances are module constants; the reason for each is next to it):
 ==================  ============================================================================================
 
 Properties run through hypothesis (``given``, executed directly), so a failure is shrunk to a small
-:class:`~sdekit.testing.problems.Problem` and reported with it. Profiles: ``"quick"``, ``"ci"`` (default) and
+[`Problem`][sdekit.testing.problems.Problem] and reported with it. Profiles: ``"quick"``, ``"ci"`` (default) and
 ``"thorough"`` set the numbers of examples; runs are reproducible from ``seed`` (no example database).
 
-**Extending.** :func:`register_check` adds a check keyed by capability, e.g. the diffusion-sampler checks
+**Extending.** `register_check` adds a check keyed by capability, e.g. the diffusion-sampler checks
 (single-Gaussian exact recovery, probability-flow agreement, rounded-time detection) will register with
-``capability="diffusion:ode"``; :func:`capabilities` is the place to add new capability probes.
+``capability="diffusion:ode"``; `capabilities` is the place to add new capability probes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +111,7 @@ class CheckFailed(AssertionError):
 # --- profiles --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Profile:
-    """How hard :func:`check_solver` tries.
+    """How hard `check_solver` tries.
 
     Attributes:
         examples: hypothesis examples per cheap property (invariances, exactness, NFE, ...).
@@ -165,13 +165,13 @@ class Failure:
 
 @dataclass
 class Report:
-    """Result of :func:`check_solver`.
+    """Result of `check_solver`.
 
     Attributes:
         solver: the solver's name (or class name).
         profile: the profile used.
         checks: names of the checks that ran.
-        failures: :class:`Failure` list (empty when everything passed).
+        failures: `Failure` list (empty when everything passed).
         orders: measured orders by key (``"ode/linear"``, ``"ode/nonlinear"``, ``"strong/diagonal"``,
             ``"weak/additive"``, ...): the lowest measurement over the examples.
         declared: the declared order for each key of ``orders``.
@@ -194,10 +194,12 @@ class Report:
 
     @property
     def passed(self) -> bool:
+        """Whether no check failed."""
         return not self.failures
 
     @property
     def failed_checks(self) -> list[str]:
+        """The names of the checks that failed, sorted."""
         return sorted({f.check for f in self.failures})
 
     def raise_for_failures(self) -> None:
@@ -209,6 +211,7 @@ class Report:
             raise AssertionError("\n".join(lines))
 
     def summary(self) -> str:
+        """A readable summary: status, measured vs declared orders, failures, skips and notes."""
         total = sum(self.seconds.values())
         status = "passed" if self.passed else f"FAILED {', '.join(self.failed_checks)}"
         lines = [f"{self.solver}: {status} ({len(self.checks)} checks, profile {self.profile!r}, {total:.1f} s)"]
@@ -334,7 +337,7 @@ def register_check(name: str, *, capability: str | Iterable[str] | None = None,
 
     Args:
         capability: a capability (or several, any of which suffices) the solver must have, e.g.
-            ``"diffusion:ode"`` for diffusion samplers; see :func:`capabilities`.
+            ``"diffusion:ode"`` for diffusion samplers; see `capabilities`.
         applies: a further condition ``applies(solver, caps) -> None | reason``.
         group: a group name that ``check_solver(kinds=...)`` can select.
     """
@@ -355,6 +358,7 @@ def register_check(name: str, *, capability: str | Iterable[str] | None = None,
 
 
 def unregister_check(name: str) -> None:
+    """Remove the check registered as ``name`` (see `register_check`)."""
     CHECKS.pop(name)
 
 
@@ -368,11 +372,12 @@ class Context:
 
     @property
     def name(self) -> str:
+        """The name of the solver under test."""
         return self.report.solver
 
     def property(self, label: str, strategy, fn: Callable[[Any], None], *, examples: int | None = None) -> bool:
         """Run ``fn(example)`` on hypothesis examples of ``strategy``; a failure (any exception) is shrunk and
-        recorded as a :class:`Failure` of the current check. Returns whether it passed."""
+        recorded as a `Failure` of the current check. Returns whether it passed."""
         last: dict = {}
 
         def test(example):
@@ -398,13 +403,16 @@ class Context:
         return True
 
     def fail(self, message: str, counterexample=None) -> None:
+        """Record a failure of the running check, with the problem that shows it."""
         self.report.failures.append(Failure(self.check, message, counterexample))
 
     def note(self, message: str) -> None:
+        """Add a note to the report (once)."""
         if message not in self.report.notes:
             self.report.notes.append(message)
 
     def record_order(self, key: str, measured: float, declared: float | None) -> None:
+        """Record a measured order under ``key`` (the smallest over the check's draws is kept)."""
         old = self.report.orders.get(key)
         if old is None or measured < old:
             self.report.orders[key] = measured
@@ -514,25 +522,26 @@ def _select(kinds, skip) -> list[str]:
 
 
 def applicable_checks(solver, *, kinds=("auto",), skip=()) -> list[str]:
-    """Names of the checks :func:`check_solver` would run on ``solver`` (for ``pytest.mark.parametrize``)."""
+    """Names of the checks `check_solver` would run on ``solver`` (for ``pytest.mark.parametrize``)."""
     solver = _as_solver(solver)
     caps = capabilities(solver)
     return [n for n in _select(kinds, skip) if CHECKS[n].applies(solver, caps) is None]
 
 
-def check_solver(solver, *, kinds=("auto",), skip=(), seed: int = 0, profile: str | Profile = "ci",
+def check_solver(solver: str | Solver | type[Solver], *, kinds: Sequence[str] = ("auto",), skip: Sequence[str] = (),
+                 seed: int = 0, profile: str | Profile = "ci",
                  torch_threads: int | None = 1) -> Report:
-    """Run the conformance suite on ``solver`` and return a :class:`Report` (never raises on a failed check:
-    call ``report.raise_for_failures()`` or use :func:`assert_solver_conforms`).
+    """Run the conformance suite on ``solver`` and return a `Report` (never raises on a failed check:
+    call ``report.raise_for_failures()`` or use `assert_solver_conforms`).
 
     Args:
-        solver: a :class:`~sdekit.solvers.Solver` instance, a Solver subclass (built without arguments) or a
+        solver: a [`Solver`][sdekit.solvers.Solver] instance, a Solver subclass (built without arguments) or a
             registry name.
         kinds: ``"auto"`` (every check that applies), check names and/or groups (``"orders"``,
             ``"exact"``, ``"invariance"``, ``"accounting"``, ``"custom"``).
         skip: check names not to run.
         seed: seeds every hypothesis run (the same seed draws the same examples).
-        profile: ``"quick"``, ``"ci"``, ``"thorough"`` or a :class:`Profile`.
+        profile: ``"quick"``, ``"ci"``, ``"thorough"`` or a `Profile`.
         torch_threads: torch's intra-op threads while the suite runs (restored afterwards); the problems are
             tiny, so 1 avoids threading overhead. None leaves the setting alone.
     """
@@ -567,7 +576,7 @@ def check_solver(solver, *, kinds=("auto",), skip=(), seed: int = 0, profile: st
 
 
 def assert_solver_conforms(solver, **kwargs) -> Report:
-    """:func:`check_solver`, then raise an AssertionError with every failure and its shrunk counterexample.
+    """`check_solver`, then raise an AssertionError with every failure and its shrunk counterexample.
     For pytest: ``def test_my_solver(): assert_solver_conforms(MySolver())``. Returns the report."""
     report = check_solver(solver, **kwargs)
     report.raise_for_failures()

@@ -8,7 +8,7 @@ from ..sde import SDE
 
 
 class CountingProblem(SDE):
-    """Wraps an :class:`~sdekit.sde.SDE`/ODE and counts evaluations: ``n_drift``, ``n_diffusion``, and the
+    """Wraps an [`SDE`][sdekit.sde.SDE]/ODE and counts evaluations: ``n_drift``, ``n_diffusion``, and the
     times of the drift evaluations in ``drift_times`` (floats; per-sample times are recorded by their first
     entry). Everything else (noise type, ``g_dw``, ``diffusion_jvp``, ``brownian_shape``, extra attributes
     such as ``model``/``process`` of diffusion problems) is the wrapped problem's.
@@ -29,6 +29,7 @@ class CountingProblem(SDE):
         self.reset()
 
     def reset(self) -> None:
+        """Set the counts to zero."""
         self.n_drift = 0
         self.n_diffusion = 0
         self.drift_times: list[float] = []

@@ -2,7 +2,7 @@
 
 Ground truth: data ``N(mu, s² I)``, whose probability-flow ODE is affine in closed form,
 ``x_t = alpha mu + sqrt(v_t / v_T) (x_T - alpha_T mu)`` with ``v = alpha² s² + sigma²``, and whose noised
-marginals are known exactly. Each check runs the sampler through :func:`sdekit.sample` as a user would.
+marginals are known exactly. Each check runs the sampler through [`sdekit.sample`][] as a user would.
 
 - ``diffusion_order``: error against the exact flow on log-SNR grids, on a continuous VP process and on a
   discrete DDPM schedule (a sampler that evaluates the model at rounded times stops converging there);

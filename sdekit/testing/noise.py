@@ -3,15 +3,16 @@
 **Exact weak moments.** On a linear SDE with additive noise every usual scheme is *affine* in the noise it is
 fed: after ``n`` steps ``X_n = m + Σ_i L_i ξ_i``, where the ``ξ_i`` are the Brownian increments (and Lévy
 areas) of all steps and coordinates, independent Gaussians with known variances. Feeding one unit impulse per
-sample (:class:`ImpulseNoise`) reads off ``m`` (the sample with no impulse) and every response ``L_i``, so the
+sample (`ImpulseNoise`) reads off ``m`` (the sample with no impulse) and every response ``L_i``, so the
 scheme's mean ``m`` and covariance ``Σ_i L_i L_iᵀ Var ξ_i`` come out exactly: no Monte-Carlo error, and weak
-errors as small as 1e-10 are measurable. :func:`exact_moments` does this and first verifies that the scheme
-really is affine in its noise (random noise must give ``m + Σ L_i ξ_i``); :class:`NotAffineError` otherwise.
+errors as small as 1e-10 are measurable. `exact_moments` does this and first verifies that the scheme
+really is affine in its noise (random noise must give ``m + Σ L_i ξ_i``); `NotAffineError` otherwise.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -49,13 +50,13 @@ class _GridNoise:
 
 
 class ImpulseNoise(_GridNoise):
-    """A noise source for :func:`sdekit.solve` that gives sample ``0`` no noise and every other sample one unit
+    """A noise source for [`sdekit.solve`][] that gives sample ``0`` no noise and every other sample one unit
     impulse: ``ΔW`` or the Lévy area ``H`` of one Brownian coordinate at one step.
 
     Sample ``1 + (2 k + j) m + c`` receives ``scale`` in component ``j`` (0: ``ΔW``, 1: ``H``) of Brownian
-    coordinate ``c`` at step ``k`` (``m`` coordinates per sample). Solve with :meth:`expand` ``(x0)`` as the
-    initial state (``batch`` copies of one sample), then :meth:`moments` turns the result into the scheme's
-    exact mean and covariance, provided the scheme is affine in its noise (see :func:`exact_moments`).
+    coordinate ``c`` at step ``k`` (``m`` coordinates per sample). Solve with `expand` ``(x0)`` as the
+    initial state (``batch`` copies of one sample), then `moments` turns the result into the scheme's
+    exact mean and covariance, provided the scheme is affine in its noise (see `exact_moments`).
 
     Args:
         grid: the time grid of the solve (increasing or decreasing).
@@ -64,7 +65,8 @@ class ImpulseNoise(_GridNoise):
         scale: the impulse size.
     """
 
-    def __init__(self, grid, noise_shape=(1,), *, scale: float = 1.0, dtype=F64, device=None):
+    def __init__(self, grid: torch.Tensor | Sequence[float], noise_shape: tuple[int, ...] = (1,), *, scale: float = 1.0,
+                 dtype: torch.dtype = F64, device: torch.device | str | None = None):
         super().__init__(grid)
         self.noise_shape = tuple(noise_shape)
         self.m = math.prod(self.noise_shape)
@@ -82,6 +84,7 @@ class ImpulseNoise(_GridNoise):
         return self._unit(self.step_index(s, t), 0)
 
     def levy(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """The impulses of the step ``(s, t)``: ``(ΔW, H)``."""
         k = self.step_index(s, t)
         return self._unit(k, 0), self._unit(k, 1)
 
@@ -119,6 +122,7 @@ class SequenceNoise(_GridNoise):
         return self.dw[self.step_index(s, t)]
 
     def levy(self, s, t):
+        """The given ``(ΔW, H)`` of the step ``(s, t)``."""
         k = self.step_index(s, t)
         return self.dw[k], self.area[k]
 
@@ -130,7 +134,7 @@ def exact_moments(problem, solver, x0: torch.Tensor, grid, *, verify: bool = Tru
     with additive noise, for the usual schemes). The drift must act on each sample independently.
 
     With ``verify`` (default) three random noise sequences are solved too and must equal ``m + Σ L_i ξ_i`` to
-    ``rtol`` (relative to the size of the responses); :class:`NotAffineError` otherwise.
+    ``rtol`` (relative to the size of the responses); `NotAffineError` otherwise.
     """
     if problem.is_ode:
         raise ValueError("exact_moments needs an SDE")
@@ -171,6 +175,7 @@ class MirrorNoise:
         return self.source(-float(s), -float(t))
 
     def levy(self, s, t):
+        """The source's ``(ΔW, H)`` on the reflected step ``(-s, -t)``."""
         return self.source.levy(-float(s), -float(t))
 
 
@@ -185,6 +190,7 @@ class CastNoise:
         return self.source(s, t).to(self.dtype)
 
     def levy(self, s, t):
+        """The source's ``(ΔW, H)`` cast to this noise's dtype."""
         w, h = self.source.levy(s, t)
         return w.to(self.dtype), h.to(self.dtype)
 
@@ -204,6 +210,7 @@ class PaddedNoise:
         return self._pad(self.source(s, t))
 
     def levy(self, s, t):
+        """The source's ``(ΔW, H)``, padded to the larger Brownian shape."""
         w, h = self.source.levy(s, t)
         return self._pad(w), self._pad(h)
 
@@ -221,5 +228,6 @@ class RecordingNoise:
         return self.source(s, t)
 
     def levy(self, s, t):
+        """The source's ``(ΔW, H)``; the query is recorded in ``calls``."""
         self.calls.append((float(s), float(t)))
         return self.source.levy(s, t)

@@ -1,7 +1,7 @@
 """Problems with exact answers, built from a few small numbers so that a failing case reads well.
 
-Every builder returns a :class:`Problem`: the equation (an :class:`~sdekit.sde.SDE` or
-:class:`~sdekit.sde.ODE`), an initial state, an interval and what is known exactly about the solution:
+Every builder returns a `Problem`: the equation (an [`SDE`][sdekit.sde.SDE] or
+[`ODE`][sdekit.sde.ODE]), an initial state, an interval and what is known exactly about the solution:
 
 - ``exact``: the ODE solution at ``t1`` (closed form, float64), and ``solution(t)`` at any time between;
 - ``pathwise(x0, bm)``: the SDE solution at ``t1`` on a given Brownian path ``bm`` over ``[t0, t1]``;
@@ -9,23 +9,23 @@ Every builder returns a :class:`Problem`: the equation (an :class:`~sdekit.sde.S
 
 ``repr(problem)`` is the builder call that recreates it, e.g.
 ``linear_ode(dim=2, seed=0, damping=0.5, t0=0.0, t1=1.0, batch=2)``. The strategies of
-:mod:`sdekit.testing.strategies` draw these arguments, so hypothesis shrinks toward small, readable cases.
+[`sdekit.testing.strategies`][] draw these arguments, so hypothesis shrinks toward small, readable cases.
 
-Closed forms (all checked against :func:`sdekit.analytic.reference_solve` in the tests):
+Closed forms (all checked against [`sdekit.analytic.reference_solve`][] in the tests):
 
-- :func:`linear_ode`: ``x' = A x``, ``A = s (S - Sᵀ)/2 - c I``: every eigenvalue has real part ``-c``;
+- `linear_ode`: ``x' = A x``, ``A = s (S - Sᵀ)/2 - c I``: every eigenvalue has real part ``-c``;
   ``x(t) = e^{A (t - t0)} x0``.
-- :func:`stuart_landau`: the non-autonomous Stuart–Landau oscillator in polar form ``r' = a r (1 - r²)``,
+- `stuart_landau`: the non-autonomous Stuart–Landau oscillator in polar form ``r' = a r (1 - r²)``,
   ``θ' = ω + κ t + τ r²``; ``r²`` is logistic and ``θ`` integrates in closed form.
-- :func:`logistic_ode`: ``x' = r x (1 - x)``; :func:`riccati_ode`: ``x' = 1 + x²``, ``x = tan(t - t0 + arctan x0)``
+- `logistic_ode`: ``x' = r x (1 - x)``; `riccati_ode`: ``x' = 1 + x²``, ``x = tan(t - t0 + arctan x0)``
   (kept at least 0.37 away from the pole).
-- :func:`polynomial_ode`: ``x' = Σ_k c_k t^k`` (state-independent): an order-p method integrates degree < p
+- `polynomial_ode`: ``x' = Σ_k c_k t^k`` (state-independent): an order-p method integrates degree < p
   exactly.
-- :func:`ornstein_uhlenbeck`, :func:`linear_sde`: linear additive-noise SDEs; mean and covariance exact,
-  ``pathwise`` by :func:`linear_pathwise`.
-- :func:`geometric_brownian_motion` (diagonal noise), :func:`scalar_noise_gbm`, :func:`general_noise_gbm`:
+- `ornstein_uhlenbeck`, `linear_sde`: linear additive-noise SDEs; mean and covariance exact,
+  ``pathwise`` by `linear_pathwise`.
+- `geometric_brownian_motion` (diagonal noise), `scalar_noise_gbm`, `general_noise_gbm`:
   exact pathwise ``x0 exp((mu - ½ Σσ²) t + Σ σ W)`` (commuting noise).
-- :func:`drifted_brownian_motion`: ``dx = c dt + G dW`` with constant coefficients, for every noise type: every
+- `drifted_brownian_motion`: ``dx = c dt + G dW`` with constant coefficients, for every noise type: every
   consistent scheme reproduces ``x0 + c (t1 - t0) + G (W(t1) - W(t0))`` exactly.
 """
 
@@ -79,14 +79,17 @@ class Problem:
 
     @property
     def noise_type(self) -> str | None:
+        """The SDE's noise type (None for an ODE)."""
         return self.sde.noise_type
 
     @property
     def is_ode(self) -> bool:
+        """Whether the problem is an ODE."""
         return self.sde.is_ode
 
     @property
     def span(self) -> float:
+        """The length ``|t1 - t0|`` of the interval."""
         return abs(self.t1 - self.t0)
 
     def __repr__(self) -> str:
@@ -138,7 +141,7 @@ def drift_matrix(dim: int, seed: int, damping: float, scale: float = 1.0) -> tor
 
 def linear_ode(dim: int = 2, seed: int = 0, damping: float = 0.5, scale: float = 1.0, t0: float = 0.0,
                t1: float = 1.0, batch: int = 2) -> Problem:
-    """``x' = A x`` with :func:`drift_matrix` ``A``; exact ``x(t1) = e^{A (t1 - t0)} x0``."""
+    """``x' = A x`` with `drift_matrix` ``A``; exact ``x(t1) = e^{A (t1 - t0)} x0``."""
     t0, t1 = _check_interval(t0, t1)
     a = drift_matrix(dim, seed, damping, scale)
     x0 = torch.randn(batch, dim, generator=_gen(seed + 1), dtype=F64)
@@ -308,8 +311,8 @@ def linear_pathwise(a_mat: torch.Tensor, a_vec: torch.Tensor | None, b_mat: torc
 
 def ornstein_uhlenbeck(theta: float = 1.0, mu: float = 0.5, sigma: float = 0.8, x0: float = 1.5, t1: float = 1.0,
                        batch: int = 1) -> Problem:
-    """:class:`~sdekit.analytic.OrnsteinUhlenbeck` ``dx = theta (mu - x) dt + sigma dW`` on ``[0, t1]`` from
-    ``x0`` (state ``(batch, 1)``): exact mean and variance; ``pathwise`` by :func:`linear_pathwise`."""
+    """[`OrnsteinUhlenbeck`][sdekit.analytic.OrnsteinUhlenbeck] ``dx = theta (mu - x) dt + sigma dW`` on ``[0, t1]``
+    from ``x0`` (state ``(batch, 1)``): exact mean and variance; ``pathwise`` by `linear_pathwise`."""
     ou = OrnsteinUhlenbeck(theta, mu, sigma)
     x0t = torch.full((batch, 1), float(x0), dtype=F64)
     a_mat = torch.tensor([[-float(theta)]], dtype=F64)
@@ -328,9 +331,9 @@ def ornstein_uhlenbeck(theta: float = 1.0, mu: float = 0.5, sigma: float = 0.8, 
 
 def linear_sde(dim: int = 2, noise_dim: int = 2, seed: int = 0, damping: float = 0.5, scale: float = 1.0,
                noise_scale: float = 0.5, t1: float = 1.0, batch: int = 1) -> Problem:
-    """:class:`~sdekit.analytic.LinearSDE` ``dx = A x dt + B dW`` with :func:`drift_matrix` ``A`` (every
+    """[`LinearSDE`][sdekit.analytic.LinearSDE] ``dx = A x dt + B dW`` with `drift_matrix` ``A`` (every
     eigenvalue has real part ``-damping``) and ``B = noise_scale · N(0, 1)^{dim × noise_dim}`` from ``seed``;
-    exact mean and covariance (Van Loan); ``pathwise`` by :func:`linear_pathwise`."""
+    exact mean and covariance (Van Loan); ``pathwise`` by `linear_pathwise`."""
     a_mat = drift_matrix(dim, seed, damping, scale)
     b_mat = noise_scale * torch.randn(dim, noise_dim, generator=_gen(seed + 2), dtype=F64)
     sde = LinearSDE(a_mat, b_mat)
@@ -351,8 +354,8 @@ def linear_sde(dim: int = 2, noise_dim: int = 2, seed: int = 0, damping: float =
 # --- multiplicative noise with exact pathwise solutions ---------------------------------------------------------
 def geometric_brownian_motion(mu: float = 0.5, sigma: float = 0.8, x0: float = 1.0, t1: float = 1.0, dim: int = 1,
                               batch: int = 1) -> Problem:
-    """:class:`~sdekit.analytic.GeometricBrownianMotion` (diagonal noise, each coordinate its own motion)
-    on ``[0, t1]``: exact ``x0 exp((mu - sigma²/2) t + sigma W_t)``."""
+    """[`GeometricBrownianMotion`][sdekit.analytic.GeometricBrownianMotion] (diagonal noise, each coordinate its own
+    motion) on ``[0, t1]``: exact ``x0 exp((mu - sigma²/2) t + sigma W_t)``."""
     gbm = GeometricBrownianMotion(mu, sigma)
     x0t = torch.full((batch, dim), float(x0), dtype=F64)
 
@@ -414,7 +417,7 @@ def commuting_linear_sde(noise_type: str = "scalar", dim: int = 2, noise_dim: in
                          a: tuple[float, float] = (-0.3, 0.4), b: tuple[float, float] = (0.3, 0.6), t1: float = 1.0,
                          batch: int = 1) -> Problem:
     """``dX = A X dt + Σ_k B_k X dW_k`` with ``A = a0 I + a1 N`` and ``B_k = b0_k I + b1_k N`` for one non-normal
-    ``N`` (:func:`nonnormal_matrix`): all the matrices commute, so ``X_T = expm((A - ½ Σ B_k²) T + Σ B_k W_k(T)) X_0``
+    ``N`` (`nonnormal_matrix`): all the matrices commute, so ``X_T = expm((A - ½ Σ B_k²) T + Σ B_k W_k(T)) X_0``
     exactly, while the diffusion Jacobians ``B_k`` are not symmetric. A Milstein term formed with ``(∂g/∂x)ᵀ g =
     B_kᵀ B_k x`` instead of ``(∂g/∂x) g = B_k² x`` is then a different scheme of strong order 0.5.
 

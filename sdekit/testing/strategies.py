@@ -2,7 +2,7 @@
 
 Every strategy draws a few small integers or values from short lists and builds its object from them, so
 hypothesis shrinks a failure to a small, readable case: problems print as the builder call that recreates
-them (``linear_ode(dim=2, seed=0, damping=0.5, ...)``, see :mod:`sdekit.testing.problems`), processes and
+them (``linear_ode(dim=2, seed=0, damping=0.5, ...)``, see [`sdekit.testing.problems`][]), processes and
 mixtures by their constructor arguments. The first value of each list is the "simplest" case hypothesis
 shrinks toward. Each strategy's docstring says what it guarantees.
 
@@ -94,7 +94,7 @@ def dtypes(*, include_float32: bool = True) -> st.SearchStrategy:
 # --- ODEs with closed-form solutions -----------------------------------------------------------------------------
 @st.composite
 def linear_odes(draw, *, dims=(2, 1, 3, 4), direction: str = "either", batch=None) -> P.Problem:
-    """:func:`~sdekit.testing.problems.linear_ode`: ``x' = A x`` with every eigenvalue of ``A`` having real part
+    """[`linear_ode`][sdekit.testing.problems.linear_ode]: ``x' = A x`` with every eigenvalue of ``A`` having real part
     ``-damping``, ``damping ∈ {0.2, …, 1}`` (stable forward, growing at most ``e^{2}`` backward), imaginary parts
     up to about ``2 · scale · sqrt(dim)``; span 0.5–2, start in ``{0, 0.5, -1}``; exact by the matrix
     exponential."""
@@ -107,7 +107,7 @@ def linear_odes(draw, *, dims=(2, 1, 3, 4), direction: str = "either", batch=Non
 
 @st.composite
 def stuart_landau_odes(draw, *, direction: str = "either", batch=None) -> P.Problem:
-    """:func:`~sdekit.testing.problems.stuart_landau`: a coupled, nonlinear, non-autonomous 2-D system with a
+    """[`stuart_landau`][sdekit.testing.problems.stuart_landau]: a coupled, nonlinear, non-autonomous 2-D system with a
     closed form; growth ``a ∈ [0.5, 1.5]``, frequency 1–3 with chirp ``|κ| <= 1`` and amplitude twist
     ``τ ∈ [0, 1]``, initial radius in ``(0, 0.8]`` (bounded solutions in both directions), span 0.5–2."""
     t0, t1 = _interval(draw, (0.0, 0.5, -0.5), (1.0, 0.5, 2.0), direction)
@@ -120,7 +120,8 @@ def stuart_landau_odes(draw, *, direction: str = "either", batch=None) -> P.Prob
 
 @st.composite
 def logistic_odes(draw, *, direction: str = "either") -> P.Problem:
-    """:func:`~sdekit.testing.problems.logistic_ode` with rate 0.5–3, 1–3 initial values in ``[0.05, 0.95]``."""
+    """[`logistic_ode`][sdekit.testing.problems.logistic_ode] with rate 0.5–3, 1–3 initial values in
+    ``[0.05, 0.95]``."""
     t0, t1 = _interval(draw, (0.0, 1.0), (1.0, 0.5, 2.0), direction)
     x0 = tuple(k / 20 for k in draw(st.lists(st.integers(1, 19), min_size=1, max_size=3)))
     return P.logistic_ode(rate=draw(st.sampled_from([1.0, 0.5, 2.0, 3.0])), x0=x0, t0=t0, t1=t1)
@@ -128,7 +129,7 @@ def logistic_odes(draw, *, direction: str = "either") -> P.Problem:
 
 @st.composite
 def riccati_odes(draw, *, direction: str = "either") -> P.Problem:
-    """:func:`~sdekit.testing.problems.riccati_ode` ``x' = 1 + x²``: ``|x0| <= 0.6``, span 0.2–0.6, so the
+    """[`riccati_ode`][sdekit.testing.problems.riccati_ode] ``x' = 1 + x²``: ``|x0| <= 0.6``, span 0.2–0.6, so the
     solution ``tan`` stays at least 0.37 from its pole (``|x| <= 2.6``)."""
     t0, t1 = _interval(draw, (0.0, 0.5), (0.6, 0.2, 0.4), direction)
     x0 = tuple(k / 10 for k in draw(st.lists(st.integers(-6, 6), min_size=1, max_size=3)))
@@ -137,7 +138,7 @@ def riccati_odes(draw, *, direction: str = "either") -> P.Problem:
 
 @st.composite
 def polynomial_odes(draw, *, max_degree: int = 4, direction: str = "either") -> P.Problem:
-    """:func:`~sdekit.testing.problems.polynomial_ode`: state-independent polynomial drift of degree
+    """[`polynomial_ode`][sdekit.testing.problems.polynomial_ode]: state-independent polynomial drift of degree
     ``<= max_degree`` (exactly integrated by any method of order > degree)."""
     t0, t1 = _interval(draw, (0.0, 0.5, -1.0), (1.0, 2.0, 0.5), direction)
     return P.polynomial_ode(degree=draw(st.integers(0, max_degree)), seed=draw(st.integers(0, 2**16)), t0=t0, t1=t1,
@@ -153,7 +154,7 @@ def closed_form_odes(*, direction: str = "either") -> st.SearchStrategy:
 # --- SDEs with exact answers -------------------------------------------------------------------------------
 @st.composite
 def ou_problems(draw, *, batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.ornstein_uhlenbeck`: ``theta ∈ [0.5, 3]``, ``sigma ∈ [0.4, 1.2]``,
+    """[`ornstein_uhlenbeck`][sdekit.testing.problems.ornstein_uhlenbeck]: ``theta ∈ [0.5, 3]``, ``sigma ∈ [0.4, 1.2]``,
     ``x0 != mu``, ``t1 ∈ [0.5, 2]``; exact mean, variance and pathwise solution."""
     mu = draw(st.sampled_from([0.5, 0.0, -1.0, 1.0]))
     return P.ornstein_uhlenbeck(theta=draw(st.sampled_from([1.0, 2.0, 0.5, 3.0])), mu=mu,
@@ -164,7 +165,7 @@ def ou_problems(draw, *, batch=1) -> P.Problem:
 
 @st.composite
 def linear_sdes(draw, *, batch=1, max_dim: int = 3) -> P.Problem:
-    """:func:`~sdekit.testing.problems.linear_sde`: ``dx = A x dt + B dW``, ``A`` with every eigenvalue's real
+    """[`linear_sde`][sdekit.testing.problems.linear_sde]: ``dx = A x dt + B dW``, ``A`` with every eigenvalue's real
     part ``-damping <= -0.25`` (stable), ``B`` of ``dim × noise_dim`` (1–3 each); exact mean, covariance and
     pathwise solution."""
     dims = [d for d in (2, 1, 3) if d <= max_dim]
@@ -182,7 +183,8 @@ def additive_linear_sdes(*, batch=1) -> st.SearchStrategy:
 
 @st.composite
 def gbm_problems(draw, *, batch=1, dim=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.geometric_brownian_motion` (diagonal noise): ``mu ∈ [-0.5, 0.5]``,
+    """[`geometric_brownian_motion`][sdekit.testing.problems.geometric_brownian_motion] (diagonal noise):
+    ``mu ∈ [-0.5, 0.5]``,
     ``sigma ∈ [0.6, 1]`` (noise-dominated: Euler–Maruyama shows its strong order 0.5 from 8 steps on)."""
     return P.geometric_brownian_motion(mu=draw(st.sampled_from([0.5, 0.0, -0.5, 0.25])),
                                        sigma=draw(st.sampled_from([0.8, 0.6, 1.0])),
@@ -192,7 +194,7 @@ def gbm_problems(draw, *, batch=1, dim=1) -> P.Problem:
 
 @st.composite
 def scalar_noise_gbms(draw, *, batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.scalar_noise_gbm`: one Brownian motion drives 1–3 coordinates."""
+    """[`scalar_noise_gbm`][sdekit.testing.problems.scalar_noise_gbm]: one Brownian motion drives 1–3 coordinates."""
     return P.scalar_noise_gbm(mu=draw(st.sampled_from([0.5, 0.0, -0.5])), sigma=draw(st.sampled_from([0.8, 0.6, 1.0])),
                               spread=draw(st.sampled_from([0.5, 0.0])), dim=draw(st.sampled_from([2, 1, 3])),
                               batch=draw(_strategy(batch)))
@@ -200,7 +202,7 @@ def scalar_noise_gbms(draw, *, batch=1) -> P.Problem:
 
 @st.composite
 def general_noise_gbms(draw, *, batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.general_noise_gbm`: 1–3 Brownian motions drive every coordinate."""
+    """[`general_noise_gbm`][sdekit.testing.problems.general_noise_gbm]: 1–3 Brownian motions drive every coordinate."""
     return P.general_noise_gbm(mu=draw(st.sampled_from([0.5, 0.0, -0.5])), sigma=draw(st.sampled_from([0.6, 0.5, 0.8])),
                                noise_dim=draw(st.sampled_from([2, 1, 3])), dim=draw(st.sampled_from([2, 1])),
                                batch=draw(_strategy(batch)))
@@ -208,7 +210,8 @@ def general_noise_gbms(draw, *, batch=1) -> P.Problem:
 
 @st.composite
 def commuting_linear_sdes(draw, *, noise_type: str = "scalar", batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.commuting_linear_sde`: linear SDEs with non-symmetric, commuting drift and
+    """[`commuting_linear_sde`][sdekit.testing.problems.commuting_linear_sde]: linear SDEs with non-symmetric,
+    commuting drift and
     diffusion matrices (scalar or general noise) whose exact pathwise solution is a matrix exponential; they tell a
     Milstein term ``(∂g/∂x) g`` from the transposed ``(∂g/∂x)ᵀ g``, which agree on the symmetric Jacobians of the
     GBM families."""
@@ -221,7 +224,8 @@ def commuting_linear_sdes(draw, *, noise_type: str = "scalar", batch=1) -> P.Pro
 
 @st.composite
 def heisenberg_sdes(draw, *, batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.heisenberg_sde`: non-commutative general noise (two Brownian motions whose
+    """[`heisenberg_sde`][sdekit.testing.problems.heisenberg_sde]: non-commutative general noise (two Brownian
+    motions whose
     diffusion fields do not commute) with an exact pathwise answer up to a fine-grid Lévy-area remainder; no scheme
     without Lévy areas exceeds strong order 0.5 on it. Scales ``s_k ∈ [0.5, 1.2]``, ``kappa ∈ {1, 0.6, 1.5, -1}``."""
     return P.heisenberg_sde(s=(draw(st.sampled_from([1.0, 0.7, 1.2])), draw(st.sampled_from([0.8, 0.5, 1.1]))),
@@ -232,7 +236,7 @@ def heisenberg_sdes(draw, *, batch=1) -> P.Problem:
 
 @st.composite
 def sheared_gbms(draw, *, noise_type: str = "scalar", time_dependent: bool = False, batch=1) -> P.Problem:
-    """:func:`~sdekit.testing.problems.sheared_gbm`: nonlinear SDEs with a state-dependent, non-symmetric (lower
+    """[`sheared_gbm`][sdekit.testing.problems.sheared_gbm]: nonlinear SDEs with a state-dependent, non-symmetric (lower
     bidiagonal) diffusion Jacobian and an exact pathwise solution, on states of shape ``(2,)``, ``(3,)`` or
     ``(1, 2)``; ``time_dependent=True`` makes drift and diffusion depend on t through ``1 + wobble sin(omega t)``
     (a scheme that evaluates a stage at the wrong time loses its order there)."""
@@ -256,7 +260,7 @@ def vp_linear_processes() -> st.SearchStrategy:
 
 
 def subvp_processes() -> st.SearchStrategy:
-    """``SubVP("linear", beta_min, beta_max)`` in the ranges of :func:`vp_linear_processes`."""
+    """``SubVP("linear", beta_min, beta_max)`` in the ranges of `vp_linear_processes`."""
     return st.builds(SubVP, st.just("linear"), beta_min=_rounded(0.05, 0.5), beta_max=_rounded(5.0, 30.0))
 
 
@@ -280,7 +284,7 @@ def ddpm_process(num_steps: int = 10, beta_start: float = 1e-4, beta_end: float 
 
 
 def vp_discrete_processes() -> st.SearchStrategy:
-    """:func:`ddpm_process`: discrete DDPM schedules of 10–1000 steps, ``beta_start ∈ [1e-4, 1e-3]``,
+    """`ddpm_process`: discrete DDPM schedules of 10–1000 steps, ``beta_start ∈ [1e-4, 1e-3]``,
     ``beta_end ∈ [0.01, 0.05]``, random increasing betas."""
     return st.builds(ddpm_process, num_steps=st.integers(10, 1000), beta_start=_rounded(1e-4, 1e-3, 6),
                      beta_end=_rounded(0.01, 0.05, 5), seed=st.integers(0, 2**16))
@@ -317,7 +321,7 @@ def diffusion_processes(kinds: tuple[str, ...] = tuple(_PROCESS_KINDS)) -> st.Se
 # --- Gaussian mixtures as exact score models -------------------------------------------------------------------
 @st.composite
 def gaussian_mixtures(draw, *, dims=(1, 4), components=(1, 4), max_condition: float = 100.0) -> GaussianMixture:
-    """:meth:`GaussianMixture.random <sdekit.analytic.GaussianMixture.random>` with ``dim`` and the number of
+    """`GaussianMixture.random <sdekit.analytic.GaussianMixture.random>` with ``dim`` and the number of
     components in the given inclusive ranges; component standard deviations log-uniform in ``[lo, hi]`` with
     ``lo ∈ [0.05, 0.3]`` and ``(hi/lo)² <= max_condition``, so every covariance's condition number is at most
     ``max_condition``."""

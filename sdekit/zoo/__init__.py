@@ -1,24 +1,24 @@
 """Trained score models shipped with sdekit, loadable by name, and the format they are stored in.
 
-``sdekit.zoo.load("moons-vp-eps")`` returns a :class:`~sdekit.models.ScoreModel` (EMA weights, network in
-eval mode with gradients off for its parameters, ``.process`` and ``.sample_shape`` set). :func:`available`
-lists the names; :func:`info` returns a checkpoint's sidecar. Names are looked up in the package's folder
-(:data:`ZOO_DIR`), or in the folder named by the environment variable ``SDEKIT_ZOO_DIR`` when it is set (so
+``sdekit.zoo.load("moons-vp-eps")`` returns a [`ScoreModel`][sdekit.models.ScoreModel] (EMA weights, network in
+eval mode with gradients off for its parameters, ``.process`` and ``.sample_shape`` set). `available`
+lists the names; `info` returns a checkpoint's sidecar. Names are looked up in the package's folder
+(`ZOO_DIR`), or in the folder named by the environment variable ``SDEKIT_ZOO_DIR`` when it is set (so
 the ``sdekit`` command can use your own checkpoints), or in the ``root`` passed to these functions.
 
 **Format.** A checkpoint is two files: ``NAME.safetensors`` (the state dict; safetensors holds raw tensors
 only, so loading never unpickles anything) and ``NAME.json``, a sidecar with the architecture name and
-keyword arguments, the process spec (:func:`process_spec`), prediction, time input, sample shape, the name,
+keyword arguments, the process spec (`process_spec`), prediction, time input, sample shape, the name,
 shape and dtype of every tensor, the SHA-256 of the weights file, the data, the training settings, final
-loss, wall time and the sdekit version. :func:`load` checks the weights against the sidecar (keys, shapes,
-hash) and against the architecture it builds, and raises :class:`CheckpointError` naming the file and the
+loss, wall time and the sdekit version. `load` checks the weights against the sidecar (keys, shapes,
+hash) and against the architecture it builds, and raises `CheckpointError` naming the file and the
 difference, also for a weights file that is not valid safetensors (truncated, empty, a corrupt header) and for
 a sidecar without a well-formed ``sha256``.
 
-**Reproduction.** :data:`sdekit.training.RECIPES` says how each shipped model was trained; ``python
-scripts/train_zoo.py NAME`` (or :func:`sdekit.training.train_recipe`) retrains it and writes both files. This
+**Reproduction.** [`sdekit.training.RECIPES`][] says how each shipped model was trained; ``python
+scripts/train_zoo.py NAME`` (or [`sdekit.training.train_recipe`][]) retrains it and writes both files. This
 module keeps the zoo itself (names, checkpoint I/O); recipes live beside training, data sets, held-out data and
-quantisation in :mod:`sdekit.data`, process specs in :mod:`sdekit.processes` (all re-exported here by name).
+quantisation in [`sdekit.data`][], process specs in [`sdekit.processes`][] (all re-exported here by name).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ __all__ = [
 FORMAT = "sdekit-zoo/1"
 #: The folder of the checkpoints shipped in the package.
 ZOO_DIR = Path(__file__).resolve().parent
-#: Environment variable naming a folder to look names up in instead of :data:`ZOO_DIR`.
+#: Environment variable naming a folder to look names up in instead of `ZOO_DIR`.
 ZOO_DIR_ENV = "SDEKIT_ZOO_DIR"
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -67,7 +67,7 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 class CheckpointError(ValueError):
     """A checkpoint whose files are unreadable, or whose sidecar does not describe its weights (or is malformed).
 
-    A :class:`ValueError`, so the ``sdekit`` command reports it as one line.
+    A `ValueError`, so the ``sdekit`` command reports it as one line.
     """
 
 
@@ -101,7 +101,7 @@ def save(path: str | os.PathLike, net: nn.Module, process: DiffusionProcess, *, 
          data: dict | None = None, training: dict | None = None) -> tuple[Path, Path]:
     """Write ``PATH.safetensors`` (``net``'s state dict) and its sidecar ``PATH.json``; return both paths.
 
-    ``net`` must be a registered architecture (:data:`sdekit.nets.ARCHITECTURES`) with a ``config``.
+    ``net`` must be a registered architecture ([`sdekit.nets.ARCHITECTURES`][]) with a ``config``.
     ``data`` and ``training`` are free-form JSON-able records stored in the sidecar.
     """
     from safetensors.torch import save_file
@@ -140,7 +140,7 @@ def save(path: str | os.PathLike, net: nn.Module, process: DiffusionProcess, *, 
 
 def _zoo_dir(root: str | os.PathLike | None) -> Path:
     """The folder names are looked up in: ``root``, else ``$SDEKIT_ZOO_DIR`` when set and non-empty, else
-    :data:`ZOO_DIR`."""
+    `ZOO_DIR`."""
     if root is not None:
         return Path(root)
     from_env = os.environ.get(ZOO_DIR_ENV)
@@ -150,7 +150,7 @@ def _zoo_dir(root: str | os.PathLike | None) -> Path:
 def available(root: str | os.PathLike | None = None) -> list[str]:
     """Names of the checkpoints in the zoo folder (each ``NAME.json`` beside ``NAME.safetensors``).
 
-    The folder is ``root`` if given, else ``$SDEKIT_ZOO_DIR`` if set, else the package's (:data:`ZOO_DIR`).
+    The folder is ``root`` if given, else ``$SDEKIT_ZOO_DIR`` if set, else the package's (`ZOO_DIR`).
     """
     folder = _zoo_dir(root)
     return sorted(p.stem for p in folder.glob("*.json") if (folder / f"{p.stem}.safetensors").exists())
@@ -172,7 +172,7 @@ def _resolve(name_or_path: str | os.PathLike, root: str | os.PathLike | None = N
 
 
 def info(name_or_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> dict:
-    """The sidecar of a zoo checkpoint (by name, looked up as in :func:`available`) or of ``PATH.json``.
+    """The sidecar of a zoo checkpoint (by name, looked up as in `available`) or of ``PATH.json``.
 
     Raises:
         CheckpointError: the sidecar is not valid JSON, not an ``sdekit-zoo/1`` sidecar, lacks a required
@@ -237,12 +237,12 @@ def _read_weights(weights_path: Path, sidecar_path: Path, digest: str) -> dict[s
 
 def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None, root: str | os.PathLike | None = None) -> ScoreModel:
-    """Load a zoo checkpoint by name (see :func:`available`, also for ``root``) or ``PATH`` (``.safetensors`` or
+    """Load a zoo checkpoint by name (see `available`, also for ``root``) or ``PATH`` (``.safetensors`` or
     ``.json``).
 
     The weights are read with ``safetensors.torch.load_file`` (no pickle), checked against the sidecar's
     tensor names, shapes and SHA-256 and against the architecture built from the sidecar, and loaded into
-    it. Returns a :class:`~sdekit.models.ScoreModel` whose ``net`` is in eval mode with parameter gradients
+    it. Returns a [`ScoreModel`][sdekit.models.ScoreModel] whose ``net`` is in eval mode with parameter gradients
     off (call ``model.net.requires_grad_(True)`` to fine-tune); ``dtype`` converts the network (e.g.
     float64 for likelihoods).
 
