@@ -526,3 +526,12 @@ def test_broken_diffusion_samplers_are_rejected(cls, check, pattern):
     assert not report.passed
     msgs = [f.message for f in report.failures if f.check == check]
     assert msgs and any(re.search(pattern, m) for m in msgs), report.summary()
+
+
+def test_every_public_name_resolves():
+    """Each name of sdekit.testing.__all__ loads (the lazy ones from the module that defines them)."""
+    import sdekit.testing as T
+
+    for name in T.__all__:
+        assert getattr(T, name) is not None, name
+    assert T.measure_ode_order.__module__ == "sdekit.testing.checks_ode_orders"

@@ -460,7 +460,8 @@ def _ratio_order(order: int, lambdas, h: float, max_ratio: float | None) -> int:
     steps = [b - a for a, b in zip(lambdas[:-1], lambdas[1:])] + [h]
     while order > 1:
         stencil = steps[-order:]
-        if all(later <= max_ratio * earlier for earlier, later in zip(stencil[:-1], stencil[1:])):
+        # magnitudes: on an increasing grid (inversion, data to noise) every step in lambda is negative
+        if all(abs(later) <= max_ratio * abs(earlier) for earlier, later in zip(stencil[:-1], stencil[1:])):
             break
         order -= 1
     return order
