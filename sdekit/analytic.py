@@ -212,6 +212,16 @@ class GaussianMixture:
         """The exact model of this mixture under ``process``: usable wherever a trained model is."""
         return ExactScoreModel(self, process)
 
+    def consistency_model(self, process: DiffusionProcess, *, t_end: float | None = None,
+                          rtol: float = 1e-10):
+        """The exact consistency function of this mixture under ``process``: a model whose
+        ``predict(x, t, "x0")`` is the probability-flow ODE's flow map from ``(x, t)`` to ``t_end`` (default
+        ``process.t_domain_min``), solved in float64 to ``rtol`` (a [`FlowMapModel`][sdekit.consistency.FlowMapModel]
+        of the exact model). Ground truth for consistency-model sampling (Song et al. 2023)."""
+        from .consistency import FlowMapModel
+
+        return FlowMapModel(self.model(process), t_end=t_end, rtol=rtol)
+
     def __repr__(self):
         return f"GaussianMixture(dim={self.dim}, n_components={self.n_components})"
 

@@ -62,6 +62,9 @@ def test_registered_solver_conforms(name):
     assert report.passed, report.summary()
     solver = REGISTRY[name]()
     keys = _main_order_keys(solver, report.capabilities)
+    if solver.needs_consistency_model:  # exactness on the exact consistency function, and determinism
+        assert {"consistency_exact", "diffusion_determinism"} <= set(report.checks), report.summary()
+        return
     if "diffusion:sde" in report.capabilities and not keys:  # stochastic samplers: moments and determinism
         assert {"diffusion_moments", "diffusion_determinism"} <= set(report.checks), report.summary()
         return

@@ -46,9 +46,10 @@ GROUPS = {
 }
 def _kind(name: str) -> str | None:
     """``"deterministic"``/``"stochastic"`` for the comparison groups; None for solvers that choose their own
-    steps (embedded pairs, the adaptive DPM-Solver: a budget does not apply) or cannot run a diffusion."""
+    steps (embedded pairs, the adaptive DPM-Solver: a budget does not apply), cannot run a diffusion, or need a
+    consistency model."""
     cls = REGISTRY[name]
-    if cls.adaptive:
+    if cls.adaptive or cls.needs_consistency_model:  # the latter is wrong on an ordinary diffusion model
         return None
     s = cls()
     if isinstance(s, DiffusionSampler):

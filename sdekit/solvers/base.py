@@ -57,6 +57,9 @@ class Solver:
             first derivative); reported in the first step's ``nfe``.
         noise_sampler: the step takes its noise as a [`StepNoise`][sdekit.brownian.StepNoise] (drawn on demand,
             possibly more than once a step or inside a fused kernel) instead of the Brownian increment.
+        needs_consistency_model: the sampler is correct only with a consistency model (``predict(x, t, "x0")``
+            the flow map to the data end), not with an ordinary diffusion model; comparisons and the generic
+            diffusion checks leave it out.
     """
 
     name: str = ""
@@ -71,6 +74,7 @@ class Solver:
     default_controller: dict | None = None
     init_evals: int = 0
     noise_sampler: bool = False
+    needs_consistency_model: bool = False
     #: orders that differ on additive noise (e.g. Euler–Maruyama is strong order 1.0 there)
     additive_strong_order: float | None = None
     additive_weak_order: float | None = None

@@ -12,6 +12,9 @@ marginals are known exactly. Each check runs the sampler through [`sdekit.sample
   between (history kept on the sampler object would leak into the next solve).
 - ``diffusion_moments``: stochastic samplers reproduce the exact mean and variance of the data noised to
   ``t_min`` within Monte-Carlo error plus a small discretisation allowance.
+- ``consistency_exact``: samplers that declare ``needs_consistency_model`` run on the exact consistency
+  function of the Gaussian data: one step to sigma = 0 lands on the closed-form flow map, and a few steps
+  give the exact data mean and variance within Monte-Carlo error.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def _recording_net(seen: list, model, process):
 
 
 def _fixed_steps(solver, caps):
+    if getattr(solver, "needs_consistency_model", False):
+        return "needs a consistency model: consistency_exact runs it on the exact consistency function"
     if solver.default_controller is not None:
         return "chooses its own steps (runs adaptively by default): orders on fixed grids do not apply"
     return _sampler(solver, caps)
@@ -197,3 +202,33 @@ def diffusion_final_step(ctx):
     if not errs[1] < errs[0] / 2:
         ctx.fail(f"the error at t = 0 does not fall with the steps (RMS {errs[0]:.3g} at 8 steps, {errs[1]:.3g} at "
                  "32): the last step onto sigma = 0 is mishandled")
+
+
+def _consistency(solver, caps):
+    if not getattr(solver, "needs_consistency_model", False):
+        return "not a consistency sampler"
+    return None
+
+
+@register_check("consistency_exact", capability="diffusion:sde", applies=_consistency, group="exact")
+def consistency_exact(ctx):
+    """With the exact consistency function of Gaussian data: one step is the exact flow map, and four steps
+    sample the data law (mean and variance within 5 standard errors)."""
+    s = ctx.solver
+    p = VP()
+    model = _data().consistency_model(p, t_end=0.0)
+    x_T = p.prior_sample((512, 2), generator=torch.Generator().manual_seed(ctx.seed), dtype=F64)
+    one = sample(model, x_T, s, steps=1, t_end=0.0, generator=torch.Generator().manual_seed(ctx.seed + 1)).x
+    a_T, s_T = float(p.alpha(p.t_max)), float(p.sigma(p.t_max))
+    exact = _MU + math.sqrt(_S2 / (a_T * a_T * _S2 + s_T * s_T)) * (x_T - a_T * _MU)  # the flow map to t = 0
+    err = float((one - exact).abs().max())
+    if err > 1e-6:  # the flow map is solved to rtol 1e-10; 1e-6 leaves room for nothing but a wrong update
+        ctx.fail(f"one step with the exact consistency function misses the exact flow map by {err:.3g}")
+    n = 2000
+    x_T = p.prior_sample((n, 2), generator=torch.Generator().manual_seed(ctx.seed + 2), dtype=F64)
+    out = sample(model, x_T, s, steps=4, t_end=0.0, generator=torch.Generator().manual_seed(ctx.seed + 3)).x
+    mean_err = float((out.mean(0) - _MU).abs().max())
+    var_err = float((out.var(0) - _S2).abs().max())
+    if mean_err > 5 * math.sqrt(_S2 / n) or var_err > 5 * _S2 * math.sqrt(2 / n):
+        ctx.fail(f"four steps with the exact consistency function: mean error {mean_err:.3g}, variance error "
+                 f"{var_err:.3g} (n={n}; exact in law, so only Monte-Carlo error is allowed)")
