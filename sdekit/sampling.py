@@ -70,6 +70,11 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
             With fresh noise (no ``brownian``) the fused kernel draws each step's Gaussian in registers from a
             Philox key (a different stream from the unfused path's); with a Brownian path it reads the path's
             increments, so fused and unfused results agree to rounding.
+        options: sampler options (``eta``, ``order``...), controller options (above), and ``cond``: a dict of
+            keyword arguments passed to every model call (e.g. ``cond={"y": labels}`` for class labels).
+
+    Gradients are not disabled: a network whose parameters require gradients gives a result with a graph
+    (differentiable sampling); wrap the call in ``torch.no_grad()`` when none is needed.
 
     Returns the [`Solution`][sdekit.solve.Solution]; ``stats["nfe"]`` counts the model evaluations exactly.
     """

@@ -216,3 +216,25 @@ def test_demo_runs(tmp_path):
     recs = json.loads((tmp_path / "results.json").read_text())["records"]
     assert len(recs) == 9 * 4 and all(rec["finite"] for rec in recs)
     assert (tmp_path / "samples.png").exists()
+
+
+def test_console_script_finds_a_package_in_the_working_folder(tmp_path):
+    """`sdekit compare --model mypkg.models:load` from the folder holding mypkg: the console script (not
+    `python -m`, which puts the folder on sys.path itself) must look there too."""
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text("import sdekit\nfrom sdekit.analytic import GaussianMixture\n\n\ndef load():\n"
+                                   "    return GaussianMixture.preset('ring2d').model(sdekit.VP())\n")
+    script = os.path.join(os.path.dirname(sys.executable), "sdekit")
+    r = subprocess.run([script, "compare", "--model", "mypkg.models:load", "--solvers", "ddim", "--nfe", "5",
+                        "--samples", "16", "--out", str(tmp_path / "out"), "--no-progress", "--no-plots"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_help_states_each_default_once():
+    r = run("compare", "--help")
+    assert r.returncode == 0 and "(default: None)" not in r.stdout
+    assert all(line.count("default") <= 1 for line in r.stdout.splitlines())

@@ -53,7 +53,7 @@ def test_fence_parser():
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=_rel)
-def test_examples_run(page, tmp_path, monkeypatch):
+def test_examples_run(page, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__docs__"}
     for i, block in enumerate(python_blocks(page.read_text())):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import sys
 
 import torch
 
@@ -41,6 +42,9 @@ def load_model(spec: str | None, preset: str, process: str, dtype: str = "float6
     if spec:
         if ":" in spec:
             mod_name, _, attr = spec.partition(":")
+            cwd = os.getcwd()
+            if cwd not in sys.path and "" not in sys.path:  # as `python -m` does: the user's own package
+                sys.path.insert(0, cwd)
             try:
                 mod = importlib.import_module(mod_name)
             except ImportError as e:
