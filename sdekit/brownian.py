@@ -457,7 +457,8 @@ class VirtualBrownianTree(_PathBase):
     cell of level ``K + max_depth`` containing it (a point within 8 float64 ulps of the span of a cell-level
     node, e.g. a grid time computed in float64, is that node), and its value inside that cell is one more
     bridge draw seeded by the point's bits. The path is therefore exact down to cells of
-    ``2^-max_depth`` of the span (about 1e-12 for the default 40); below that two points in one cell are
+    ``2^-max_depth`` of one of the ``n_cells`` cells (about 1e-12 of the span for the default 40 and one
+    cell); below that two points in one cell are
     conditionally independent given the cell, so their increment has the right variance to within the cell's
     length but is never exactly zero.
 
