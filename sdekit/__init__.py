@@ -4,7 +4,7 @@ from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
 from .bench.grid_opt import GridResult, optimize_grid
 from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
 from .inversion import interpolate, invert
-from .likelihood import bits_per_dim, log_likelihood
+from .likelihood import DDPMBoundResult, bits_per_dim, ddpm_bound, log_likelihood
 from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
@@ -23,5 +23,6 @@ __all__ = [
     "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters",
     "BrownianPath", "VirtualBrownianTree", "FreshNoise", "solve", "Solution", "PIController",
     "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult", "log_likelihood", "bits_per_dim",
+    "ddpm_bound", "DDPMBoundResult",
     "invert", "interpolate",
 ]

@@ -22,6 +22,11 @@ the score's Jacobian is differentiated.
 `bits_per_dim` applies it to images with uniform dequantization (Theis et al. 2016; the DDPM and
 score_sde convention); the offset is derived in its docstring and in ``docs/likelihood.md``.
 
+`ddpm_bound` (also ``bits_per_dim(..., decoder="ddpm")``) is the other route, for discrete DDPM schedules: the
+discrete-time variational bound ``L_T + Σ_{t=2}^{N} L_{t-1} + L_0`` of Ho et al. 2020 (eq. 5), with its
+discretized Gaussian decoder `discretized_gaussian_log_likelihood` (§3.3), in bits per dimension of the
+quantized data, as the DDPM paper reports it.
+
 The model must treat the samples of a batch independently (no batch statistics): the trace uses
 per-sample Jacobians computed together for the whole batch.
 """
@@ -38,7 +43,7 @@ import torch
 
 from ._utils import bcast, check_choice
 from .models import ScoreModel
-from .processes import DiffusionProcess
+from .processes import VP, DiffusionProcess, SubVP
 from .schedules import SPACINGS, time_grid
 from .sde import ODE
 from .solve import PIController, solve
@@ -48,6 +53,9 @@ from .solvers import get as get_solver
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("gaussian", "rademacher")
 BACKENDS = ("auto", "func", "autograd")
+DECODERS = ("dequantize", "ddpm")
+DDPM_VARIANCES = ("beta", "posterior")
+DECODER_VARIANCES = ("ddpm", "beta")
 
 # The memory estimate of one vector in a vmap-ed chunk of vector–Jacobian products, in copies of the batch
 # state: the basis vector or probe, its product with the Jacobian, the gathered diagonal, and the batched
@@ -102,6 +110,49 @@ class BitsPerDimResult:
     stderr: float
     bpd_per_draw: torch.Tensor
     likelihood: LikelihoodResult
+
+
+@dataclass
+class DDPMBoundResult:
+    """Result of `ddpm_bound`: the DDPM variational bound on the discrete code length, in bits per dimension.
+
+    Every per-image tensor has shape ``(B,)`` and the compute dtype; ``bpd = prior_bpd + diffusion_bpd +
+    decoder_bpd`` (each term's nats divided by ``D ln 2``).
+
+    Attributes:
+        bpd: per-image bound ``(L_T + Σ_{t=2}^{N} L_{t-1} + L_0)/(D ln 2)``; with ``timesteps=n`` an unbiased
+            estimate of it.
+        mean: the mean of ``bpd`` over the batch.
+        stderr: its standard error over the batch (``std(ddof=1)/sqrt(B)``; NaN for one image). The images'
+            noise draws (and sampled steps) are independent, so it covers the Monte-Carlo error too.
+        prior_bpd: ``L_T = KL(q(x_N | x_0) || N(0, I))``, closed form.
+        diffusion_bpd: ``Σ_{t=2}^{N} L_{t-1}``, ``L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_θ(x_{t-1} | x_t))``,
+            each term at one draw of ``x_t ~ q(x_t | x_0)``; with ``timesteps=n``, ``(N - 1)`` times the mean of
+            ``n`` terms at steps drawn uniformly from ``{2, …, N}``.
+        decoder_bpd: ``L_0 = -log p_θ(x_0 | x_1)`` at one draw of ``x_1``: the discretized Gaussian decoder.
+        terms_bpd: ``(n, B)``: the evaluated ``L_{t-1}`` (``n = N - 1``, steps ``2, …, N`` in order, for the full
+            sum).
+        timesteps: ``(n, B)`` int64: the DDPM step ``t ∈ {2, …, N}`` of each entry of ``terms_bpd`` (sdekit index
+            ``t - 1``, time ``t/N``).
+        diffusion_stderr: with ``timesteps=n``, the per-image Monte-Carlo standard error of ``diffusion_bpd``
+            (``(N - 1) · std(terms, ddof=1)/sqrt(n)``, over the step draws and their noise; NaN for ``n = 1``);
+            None for the full sum.
+        stats: ``num_steps`` (N), ``n_terms``, ``model_evals`` (model calls, by its ``nfe`` counter: one for the
+            decoder, then one per ``timesteps_per_call`` terms), ``variance``, ``decoder_variance`` (the decoder's
+            ``σ_1²``), ``clip_x0``, ``levels``, ``scale``, ``offset``, ``wall_time`` (seconds) and, where a generator
+            was created, its ``seed``.
+    """
+
+    bpd: torch.Tensor
+    mean: float
+    stderr: float
+    prior_bpd: torch.Tensor
+    diffusion_bpd: torch.Tensor
+    decoder_bpd: torch.Tensor
+    terms_bpd: torch.Tensor
+    timesteps: torch.Tensor
+    diffusion_stderr: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
 
 
 # --- divergence estimators ------------------------------------------------------------------------------
@@ -495,10 +546,57 @@ def nats_to_bits_per_dim(log_prob_x: torch.Tensor, dim: int, scale: float = 1 / 
     return -(log_prob_x + dim * math.log(scale)) / (dim * math.log(2.0))
 
 
+# --- quantized data -------------------------------------------------------------------------------------------
+def _bins(levels, scale, offset, decoder: str) -> tuple[float, float]:
+    """``(scale, offset)`` of the bins ``[offset + scale·k, offset + scale·(k + 1))``, ``k = 0..levels - 1``.
+
+    Defaults: ``dequantize`` tiles [-1, 1) (``2/levels``, ``-1``); ``ddpm`` centres the bins on DDPM's data
+    ``2k/(levels - 1) - 1`` (``2/(levels - 1)``, ``-1 - 1/(levels - 1)``).
+    """
+    _check_int(levels, "levels", minimum=2)
+    if decoder == "ddpm":
+        default_scale, default_offset = 2.0 / (levels - 1), -1.0 - 1.0 / (levels - 1)
+    else:
+        default_scale, default_offset = 2.0 / levels, -1.0
+    scale = default_scale if scale is None else scale
+    offset = default_offset if offset is None else offset
+    for name, value in (("scale", scale), ("offset", offset)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    return float(scale), float(offset)
+
+
+def _check_images(images, levels: int) -> torch.Tensor:
+    """``images`` as a tensor of integer levels in ``0..levels - 1`` (uint8 or floating point), batch first."""
+    images = torch.as_tensor(images)
+    if images.ndim < 2 or images.shape[0] < 1 or images[0].numel() < 1:
+        raise ValueError(f"images must be batch-first of shape (B, *sample_shape), got {tuple(images.shape)}")
+    pixels = images.to(torch.float64)
+    if not bool(torch.isfinite(pixels).all()):
+        raise ValueError("images contain NaN/Inf")
+    if bool((pixels < 0).any()) or bool((pixels > levels - 1).any()) or bool((pixels != pixels.round()).any()):
+        raise ValueError(
+            f"images must hold integer pixel levels 0..{levels - 1}, got values in [{float(pixels.min()):g}, "
+            f"{float(pixels.max()):g}] (integers: {bool((pixels == pixels.round()).all())}); "
+            f"convert [0, 1] or [-1, 1] data back to 0..{levels - 1} first"
+        )
+    return images
+
+
+def _compute_dtype(images: torch.Tensor, dtype) -> torch.dtype:
+    dtype = dtype or (images.dtype if images.is_floating_point() else torch.float32)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return dtype
+
+
 def bits_per_dim(
     model: ScoreModel,
     images: torch.Tensor,
     *,
+    decoder: str = "dequantize",
     n_dequant: int = 1,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
@@ -506,10 +604,10 @@ def bits_per_dim(
     scale: float | None = None,
     offset: float | None = None,
     **options: object,
-) -> BitsPerDimResult:
+) -> BitsPerDimResult | DDPMBoundResult:
     """Bits per dimension of 8-bit images under a diffusion model on [-1, 1] data, with uniform dequantization
     (Theis et al. 2016; the convention of DDPM and score_sde); other quantizations through ``levels``,
-    ``scale`` and ``offset``.
+    ``scale`` and ``offset``; DDPM's discrete decoder and variational bound with ``decoder="ddpm"``.
 
     Derivation: the pixels ``k ∈ {0, …, 255}^D`` are dequantized to ``y = k + u``, ``u ~ U[0, 1)^D``, and
     mapped to the model's space by ``x = 2y/256 - 1 = y/128 - 1 ∈ [-1, 1)``. The map has Jacobian determinant
@@ -528,45 +626,49 @@ def bits_per_dim(
     (scikit-learn's 17-level digits as ``k/8 - 1``, say) takes ``scale = a``, ``offset = b - a/2``, so that
     each bin is centred on the value the model saw.
 
+    ``decoder="ddpm"`` returns [`ddpm_bound`][sdekit.likelihood.ddpm_bound] instead (discrete DDPM schedules
+    only): the same bins ``[offset + scale·k, offset + scale·(k + 1))``, with the defaults of DDPM's data map
+    ``x_k = 2k/(levels - 1) - 1`` (``scale = 2/(levels - 1)``, ``offset = -1 - 1/(levels - 1)``).
+
     Args:
         model: a score model on [-1, 1]-scaled data (see `log_likelihood`).
         images: integer pixel levels in [0, levels - 1], batch first (uint8 or floating point).
-        n_dequant: dequantization draws per image; all ``n_dequant · B`` samples are solved in one batch.
+        decoder: ``"dequantize"`` (the probability-flow ODE with uniform dequantization, the default) or
+            ``"ddpm"`` (the discrete-time variational bound with DDPM's discretized Gaussian decoder).
+        n_dequant: dequantization draws per image; all ``n_dequant · B`` samples are solved in one batch
+            (``decoder="dequantize"`` only).
         generator: draws the dequantization noise ``u = torch.rand((n_dequant, *images.shape))`` first, then any
-            Hutchinson probes; by default a new one from a non-deterministic seed.
+            Hutchinson probes (for ``"ddpm"``: see `ddpm_bound`); by default a new one from a non-deterministic
+            seed.
         dtype: compute dtype (default float32 for integer images, else the images' dtype).
         levels: the number of quantization levels (default 256).
-        scale: ``scale`` of the map ``x = scale·(k + u) + offset`` (default ``2/levels``).
-        offset: ``offset`` of that map (default ``-1``).
+        scale: ``scale`` of the map ``x = scale·(k + u) + offset`` (default ``2/levels``; ``2/(levels - 1)``
+            for ``"ddpm"``).
+        offset: ``offset`` of that map (default ``-1``; ``-1 - 1/(levels - 1)`` for ``"ddpm"``).
         options: passed to `log_likelihood` (``divergence``, ``rtol``, ``atol``, ``n_probes``, ``prior``,
-            ``t_start``, ...).
+            ``t_start``, ...), or to `ddpm_bound` for ``"ddpm"`` (``variance``, ``timesteps``, ...).
 
     Returns:
-        a `BitsPerDimResult` (per-image bpd, its mean and standard error over the batch).
+        a `BitsPerDimResult` (per-image bpd, its mean and standard error over the batch); for
+        ``decoder="ddpm"`` a `DDPMBoundResult` (the same three, and the bound's terms).
+
+    Raises:
+        ValueError: bad images (not integer levels in ``0..levels - 1``, NaN/Inf, not batch-first), ``levels < 2``,
+            ``scale <= 0``, ``n_dequant < 1`` (or ``!= 1`` with ``"ddpm"``), an unknown decoder; and the errors of
+            `log_likelihood` / `ddpm_bound`.
+        TypeError: a non-finite or non-numeric ``scale``/``offset``.
     """
+    check_choice(decoder, "decoder", DECODERS)
     _check_int(n_dequant, "n_dequant")
-    _check_int(levels, "levels", minimum=2)
-    scale = 2.0 / levels if scale is None else scale
-    offset = -1.0 if offset is None else offset
-    for name, value in (("scale", scale), ("offset", offset)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
-    images = torch.as_tensor(images)
-    if images.ndim < 2 or images.shape[0] < 1:
-        raise ValueError(f"images must be batch-first of shape (B, *sample_shape), got {tuple(images.shape)}")
-    if dtype is None:
-        dtype = images.dtype if images.is_floating_point() else torch.float32
-    pixels = images.to(torch.float64)
-    if not bool(torch.isfinite(pixels).all()):
-        raise ValueError("images contain NaN/Inf")
-    if bool((pixels < 0).any()) or bool((pixels > levels - 1).any()) or bool((pixels != pixels.round()).any()):
-        raise ValueError(
-            f"images must hold integer pixel levels 0..{levels - 1}, got values in [{float(pixels.min()):g}, "
-            f"{float(pixels.max()):g}] (integers: {bool((pixels == pixels.round()).all())}); "
-            f"convert [0, 1] or [-1, 1] data back to 0..{levels - 1} first"
-        )
+    if decoder == "ddpm":
+        if n_dequant != 1:
+            raise ValueError(f"n_dequant applies to decoder='dequantize' only; decoder='ddpm' takes n_dequant=1, "
+                             f"got {n_dequant} (use ddpm_bound's timesteps / more images for its Monte-Carlo error)")
+        return ddpm_bound(model, images, generator=generator, dtype=dtype, levels=levels, scale=scale,
+                          offset=offset, **options)
+    scale, offset = _bins(levels, scale, offset, decoder)
+    images = _check_images(images, levels)
+    dtype = _compute_dtype(images, dtype)
     seed = None
     if generator is None:
         generator, seed = _new_generator(images.device)
@@ -585,5 +687,339 @@ def bits_per_dim(
     return BitsPerDimResult(bpd=bpd, mean=mean, stderr=stderr, bpd_per_draw=per_draw, likelihood=result)
 
 
-__all__ = ["log_likelihood", "bits_per_dim", "nats_to_bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
-           "DIVERGENCES", "PROBES"]
+# --- the DDPM bound -------------------------------------------------------------------------------------------
+_LN2 = math.log(2.0)
+_LOG_HALF = -_LN2
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """``log(1 - e^a)`` for ``a <= 0``, accurate at both ends (Mächler 2012); each branch sees only its own range,
+    so no infinite gradient leaks through ``torch.where``."""
+    near = a > _LOG_HALF
+    a_near = torch.where(near, a, torch.full_like(a, _LOG_HALF))
+    a_far = torch.where(near, torch.full_like(a, _LOG_HALF), a)
+    return torch.where(near, torch.log(-torch.expm1(a_near)), torch.log1p(-torch.exp(a_far)))
+
+
+def _log_normal_mass(z_lo: torch.Tensor, z_hi: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``log(Φ(z_hi) - Φ(z_lo))`` with ``z_lo`` replaced by -inf where ``first`` and ``z_hi`` by +inf where ``last``.
+
+    Interior bins are reflected into the lower half (``Φ(b) - Φ(a) = Φ(-a) - Φ(-b)``) so that both ends are
+    log-CDFs of the lower tail, then ``log Φ(v) + log(1 - Φ(u)/Φ(v))``: no cancellation, no underflow to 0 for
+    bins far in either tail.
+    """
+    flip = (z_lo + z_hi) > 0
+    u = torch.where(flip, -z_hi, z_lo)
+    v = torch.where(flip, -z_lo, z_hi)
+    log_v = torch.special.log_ndtr(v)
+    interior = log_v + _log1mexp(torch.clamp(torch.special.log_ndtr(u) - log_v, max=0.0))
+    lower_edge = torch.special.log_ndtr(z_hi)  # (-inf, hi)
+    upper_edge = torch.special.log_ndtr(-z_lo)  # [lo, +inf)
+    return torch.where(first, lower_edge, torch.where(last, upper_edge, interior))
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor,
+    mean: torch.Tensor | float,
+    log_scale: torch.Tensor | float,
+    levels: int = 256,
+    *,
+    scale: float | None = None,
+    offset: float | None = None,
+) -> torch.Tensor:
+    """Elementwise ``log ∫_{bin(x)} N(y; mean, e^{2 log_scale}) dy``: DDPM's discretized Gaussian decoder
+    (Ho et al. 2020, §3.3, eq. 13), for any number of levels.
+
+    The bins are ``[offset + scale·k, offset + scale·(k + 1))``, ``k = 0..levels - 1``, with the first extended
+    to ``-∞`` and the last to ``+∞``, so the probabilities of the ``levels`` bins sum to 1 for every mean and
+    scale. The defaults (``scale = 2/(levels - 1)``, ``offset = -1 - 1/(levels - 1)``) centre the bins on DDPM's
+    data ``x_k = 2k/(levels - 1) - 1``: for 8-bit data, bins of width 2/255 around ``k/127.5 - 1``. The bin
+    probability uses the exact normal CDF (log-CDFs of the lower tail, so it stays accurate far in the tails);
+    the DDPM code uses a tanh approximation of the CDF and clamps probabilities at 1e-12.
+
+    Args:
+        x: data on the bin centres ``offset + scale·(k + ½)`` (up to 1% of a bin).
+        mean: the Gaussian's mean, broadcastable against ``x``.
+        log_scale: the log of its standard deviation (``½ log σ²``), broadcastable against ``x``.
+        levels: the number of bins (>= 2).
+        scale: the bin width (default ``2/(levels - 1)``).
+        offset: the lower edge of bin 0 before it is extended to ``-∞`` (default ``-1 - 1/(levels - 1)``).
+
+    Returns:
+        the log-probabilities in nats, of the broadcast shape and ``x``'s floating dtype (computed in float64).
+
+    Raises:
+        ValueError: ``levels < 2``, ``scale <= 0``, or ``x`` not on the bin centres.
+        TypeError: ``x`` not a floating-point tensor, or a non-finite ``scale``/``offset``.
+    """
+    scale, offset = _bins(levels, scale, offset, "ddpm")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    x64 = x.to(torch.float64)
+    k = torch.round((x64 - offset) / scale - 0.5)
+    off_centre = (x64 - (offset + scale * (k + 0.5))).abs() > 0.01 * scale
+    if bool(((k < 0) | (k > levels - 1) | off_centre | ~torch.isfinite(x64)).any()):
+        raise ValueError(
+            f"x must lie on the {levels} bin centres offset + scale·(k + 1/2) = {offset + scale / 2:.6g} + "
+            f"{scale:.6g}·k, k = 0..{levels - 1}, got values in [{float(x64.min()):.6g}, {float(x64.max()):.6g}]"
+        )
+    mean = torch.as_tensor(mean, dtype=torch.float64, device=x.device)
+    log_scale = torch.as_tensor(log_scale, dtype=torch.float64, device=x.device)
+    inv_std = torch.exp(-log_scale)
+    lo = offset + scale * k
+    z_lo = (lo - mean) * inv_std
+    z_hi = (lo + scale - mean) * inv_std
+    z_lo, z_hi, k = torch.broadcast_tensors(z_lo, z_hi, k)
+    out = _log_normal_mass(z_lo, z_hi, k == 0, k == levels - 1)
+    return out.to(x.dtype)
+
+
+def _ddpm_coefficients(process: VP, variance: str, decoder_variance) -> dict[str, torch.Tensor | float]:
+    """Float64 host coefficients of the DDPM chain ``t = 0..N`` (``ᾱ_0 = 1``; sdekit index ``t - 1``).
+
+    Ho et al. 2020, eqs. 6-7: ``q(x_{t-1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I)`` with
+    ``c1_t = sqrt(ᾱ_{t-1}) β_t/(1 - ᾱ_t)``, ``c2_t = sqrt(α_t)(1 - ᾱ_{t-1})/(1 - ᾱ_t)``,
+    ``β̃_t = β_t (1 - ᾱ_{t-1})/(1 - ᾱ_t)``; ``p_θ`` has the mean with the model's ``x̂_0`` and variance ``σ_t²``.
+    Per dimension, ``KL_t = ½ [β̃_t/σ_t² - 1 - log(β̃_t/σ_t²)] + ½ c1_t²/σ_t² (x_0 - x̂_0)²``: the ``x_t`` terms of the
+    two means cancel.
+    """
+    log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(process.schedule.alphas_cumprod)])
+    n = log_abar.numel() - 1
+    abar = torch.exp(log_abar)
+    one_minus_abar = -torch.expm1(log_abar)  # 1 - ᾱ_t, exact near t = 0
+    log_alpha = log_abar[1:] - log_abar[:-1]  # log α_t, t = 1..N
+    beta = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.expm1(log_alpha)])  # β_0 := 0 (unused)
+    coef1 = torch.zeros(n + 1, dtype=torch.float64)
+    coef2 = torch.zeros(n + 1, dtype=torch.float64)
+    coef1[1:] = torch.sqrt(abar[:-1]) * beta[1:] / one_minus_abar[1:]
+    coef2[1:] = torch.exp(0.5 * log_alpha) * one_minus_abar[:-1] / one_minus_abar[1:]
+    posterior_var = torch.zeros(n + 1, dtype=torch.float64)
+    posterior_var[1:] = beta[1:] * one_minus_abar[:-1] / one_minus_abar[1:]  # β̃_1 = 0
+    model_var = beta.clone() if variance == "beta" else posterior_var.clone()
+    if decoder_variance == "ddpm":
+        # The released DDPM code (diffusion_utils_2.py) uses β̃_2 at t = 1 for both fixed variances: β̃_1 = 0 is
+        # degenerate, and for σ_t² = β_t the smaller variance gives the better decoder likelihood.
+        dec_var = float(posterior_var[2])
+    elif decoder_variance == "beta":
+        dec_var = float(beta[1])  # the paper's σ_1² for σ_t² = β_t
+    else:
+        dec_var = float(decoder_variance)
+    model_var[1] = dec_var
+    ratio = torch.ones(n + 1, dtype=torch.float64)
+    ratio[2:] = posterior_var[2:] / model_var[2:]
+    kl_const = 0.5 * (ratio - 1 - torch.log(ratio))  # per dimension; 0 for σ_t² = β̃_t
+    kl_weight = torch.zeros(n + 1, dtype=torch.float64)
+    kl_weight[2:] = 0.5 * coef1[2:] ** 2 / model_var[2:]
+    return dict(num_steps=n, abar=abar, one_minus_abar=one_minus_abar, beta=beta, coef1=coef1, coef2=coef2,
+                posterior_var=posterior_var, model_var=model_var, kl_const=kl_const, kl_weight=kl_weight,
+                decoder_var=dec_var)
+
+
+def _repeat_cond(cond: dict, batch: int, times: int) -> dict:
+    """Cond tensors with a leading batch dimension, repeated for ``times`` stacked copies of the batch."""
+    if times == 1:
+        return cond
+    return {key: value.repeat(times, *([1] * (value.ndim - 1)))
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch else value
+            for key, value in cond.items()}
+
+
+def ddpm_bound(
+    model: ScoreModel,
+    images: torch.Tensor,
+    *,
+    variance: str = "beta",
+    decoder_variance: str | float = "ddpm",
+    clip_x0: bool = False,
+    timesteps: int | None = None,
+    levels: int = 256,
+    scale: float | None = None,
+    offset: float | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    process: DiffusionProcess | None = None,
+    timesteps_per_call: int = 1,
+    cond: dict | None = None,
+) -> DDPMBoundResult:
+    """The discrete-time variational bound of a DDPM in bits per dimension of quantized images, with DDPM's
+    discretized Gaussian decoder: ``L = L_T + Σ_{t=2}^{N} L_{t-1} + L_0`` (Ho et al. 2020, eq. 5 and §3.3).
+
+    On a discrete schedule with ``N`` steps (`VP.from_betas`; DDPM step ``t`` is sdekit index ``t - 1``, time
+    ``t/N``), for the data ``x_0 = offset + scale·(k + ½)`` (the bin centres; DDPM's ``2k/255 - 1`` by default):
+
+    - ``L_T = KL(q(x_N | x_0) || N(0, I))``, closed form.
+    - ``L_{t-1} = E_{x_t ~ q(x_t | x_0)} KL(q(x_{t-1} | x_t, x_0) || p_θ(x_{t-1} | x_t))``, ``t = 2..N``: both
+      Gaussian, ``p_θ``'s mean the posterior mean with the model's ``x̂_0(x_t, t)`` in place of ``x_0``, its variance
+      ``σ_t² = β_t`` (``variance="beta"``, DDPM's "fixedlarge", the default: the configuration of the released
+      CIFAR-10 model, whose bits/dim the paper reports) or ``β̃_t`` (``"posterior"``, "fixedsmall"; §3.2 finds
+      both similar for samples). Each expectation is one draw of ``x_t``; the KL in closed form given it.
+    - ``L_0 = E_{x_1} [-log p_θ(x_0 | x_1)]``, ``p_θ(x_0 | x_1) = Π_i ∫_{bin(x_0,i)} N(y; x̂_0(x_1, 1)_i, σ_1²) dy``
+      with the edge bins extended to ±∞ (`discretized_gaussian_log_likelihood`).
+
+    The sum is an upper bound, in expectation, on the model's discrete code length ``-log2 p_θ(k)/D`` (no
+    dequantization: the decoder puts probability on the levels themselves). ``timesteps=n`` replaces the
+    ``N - 1`` KL terms by ``(N - 1)`` times the mean of ``n`` terms at steps drawn uniformly (with replacement,
+    independently per image) from ``{2, …, N}``: unbiased, with a per-image standard error; ``L_T`` and ``L_0``
+    are always computed.
+
+    Randomness, all from ``generator`` in this order and in the compute dtype: with ``timesteps=n``, the steps
+    ``torch.randint(2, N + 1, (n, B))``; then the decoder's noise ``torch.randn(images.shape)``; then one
+    ``torch.randn(images.shape)`` per KL term, in the order of ``timesteps`` (``t = 2, …, N`` for the full sum),
+    with ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε``. The draws do not depend on ``timesteps_per_call``.
+
+    Args:
+        model: a [`ScoreModel`][sdekit.models.ScoreModel] (anything with ``predict(x, t, "x0", **cond)`` and a
+            ``process``) on a discrete VP schedule; it is asked for ``x̂_0`` at the times ``t/N``.
+        images: integer levels in ``0..levels - 1``, batch first (uint8 or floating point).
+        variance: the reverse variance ``σ_t²``, ``t >= 2``: ``"beta"`` (``β_t``) or ``"posterior"`` (``β̃_t``).
+        decoder_variance: the decoder's ``σ_1²``: ``"ddpm"`` (``β̃_2``: what the released DDPM code uses with either
+            variance, since ``β̃_1 = 0``; the reported numbers use it), ``"beta"`` (``β_1``, the paper's text for
+            ``σ_t² = β_t``) or a positive number.
+        clip_x0: clip ``x̂_0`` to the range of the bin centres (``[-1, 1]`` by default) before forming the means, as
+            the DDPM code's bits/dim evaluation does (``clip_denoised=True``); the default evaluates the model as
+            it is. Clipping changes the model, so the result stays a valid bound (of the clipped model).
+        timesteps: None for all ``N - 1`` KL terms, or the number ``n >= 1`` of sampled terms per image.
+        levels: the number of quantization levels (>= 2; default 256).
+        scale: the bin width (default ``2/(levels - 1)``; see `discretized_gaussian_log_likelihood`).
+        offset: the lower edge of bin 0 (default ``-1 - 1/(levels - 1)``). With `bits_per_dim`'s ``scale`` and
+            ``offset`` for the same data the two routes see the same bins.
+        generator: the ``torch.Generator`` of every draw (on the images' device); by default a new one seeded
+            from a non-deterministic source (its seed in ``stats["seed"]``).
+        dtype: compute dtype (default float32 for integer images, else the images' dtype); the schedule's
+            coefficients are computed in float64 and cast once.
+        process: overrides ``model.process``.
+        timesteps_per_call: KL terms stacked into one model call of ``timesteps_per_call · B`` samples (faster
+            for small models); tensor entries of ``cond`` with leading dimension ``B`` are repeated to match.
+        cond: keyword arguments for every model call (e.g. class labels).
+
+    Returns:
+        a `DDPMBoundResult` (detached): per-image bound, its mean and standard error, and the terms.
+
+    Raises:
+        ValueError: a process that is not a discrete DDPM schedule, images that are not integer levels in
+            ``0..levels - 1``, ``levels < 2``, ``scale <= 0``, unknown ``variance``/``decoder_variance``, a
+            non-positive ``decoder_variance``, ``timesteps``/``timesteps_per_call`` < 1, a wrong sample shape.
+        TypeError: a model without ``predict``, a non-floating ``dtype``, a non-finite ``scale``/``offset``.
+    """
+    start_time = time.perf_counter()
+    check_choice(variance, "variance", DDPM_VARIANCES)
+    if isinstance(decoder_variance, str):
+        check_choice(decoder_variance, "decoder_variance", DECODER_VARIANCES)
+    elif (isinstance(decoder_variance, bool) or not isinstance(decoder_variance, (int, float))
+          or not (math.isfinite(decoder_variance) and decoder_variance > 0)):
+        raise ValueError(f"decoder_variance must be 'ddpm', 'beta' or a positive finite number, "
+                         f"got {decoder_variance!r}")
+    if not isinstance(clip_x0, bool):
+        raise TypeError(f"clip_x0 must be a bool, got {clip_x0!r}")
+    if timesteps is not None:
+        _check_int(timesteps, "timesteps")
+    _check_int(timesteps_per_call, "timesteps_per_call")
+    scale, offset = _bins(levels, scale, offset, "ddpm")
+    if not callable(getattr(model, "predict", None)):
+        raise TypeError(f"model must have a predict(x, t, 'x0') method (e.g. a ScoreModel), got {type(model).__name__}")
+    process = process if process is not None else getattr(model, "process", None)
+    if not (isinstance(process, VP) and not isinstance(process, SubVP) and process.is_discrete):
+        raise ValueError(
+            f"the process (model.process or process=) must be a VP with a discrete DDPM schedule "
+            f"(VP.from_betas(...) or VP.from_alphas_cumprod(...)), got {process!r}; for continuous schedules use "
+            "bits_per_dim(decoder='dequantize')"
+        )
+    images = _check_images(images, levels)
+    dtype = _compute_dtype(images, dtype)
+    sample_shape = getattr(model, "sample_shape", None)
+    if sample_shape is not None and tuple(images.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"images have sample shape {tuple(images.shape[1:])} but the model takes "
+                         f"{tuple(sample_shape)}")
+
+    coef = _ddpm_coefficients(process, variance, decoder_variance)
+    n_steps = coef["num_steps"]
+    device = images.device
+    batch, dim = images.shape[0], images[0].numel()
+    cond = cond or {}
+    stats: dict = {}
+    if generator is None:
+        generator, stats["seed"] = _new_generator(device)
+    if timesteps is None:
+        steps = torch.arange(2, n_steps + 1, device=device)[:, None].expand(n_steps - 1, batch)
+    else:
+        steps = torch.randint(2, n_steps + 1, (timesteps, batch), generator=generator, device=device)
+    n_terms = steps.shape[0]
+
+    def on_device(values: torch.Tensor) -> torch.Tensor:
+        return values.to(dtype=dtype, device=device)
+
+    sqrt_abar, sqrt_one_minus = on_device(coef["abar"].sqrt()), on_device(coef["one_minus_abar"].sqrt())
+    kl_const, kl_weight = on_device(coef["kl_const"]), on_device(coef["kl_weight"])
+    lo_centre, hi_centre = offset + 0.5 * scale, offset + scale * (levels - 0.5)
+    x0 = images.to(dtype) * scale + (offset + 0.5 * scale)
+    shape = (1,) * (images.ndim - 1)
+    model_evals0 = getattr(model, "nfe", None)
+
+    def predict_x0(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        t = (step.to(torch.float64) / n_steps).to(dtype)  # t_i = (i + 1)/N with i = step - 1
+        rep = x_t.shape[0] // batch
+        x0_hat = model.predict(x_t, t, "x0", **_repeat_cond(cond, batch, rep))
+        return x0_hat.clamp(lo_centre, hi_centre) if clip_x0 else x0_hat
+
+    with torch.no_grad():
+        # L_T: KL(N(sqrt(ᾱ_N) x0, (1 - ᾱ_N) I) || N(0, I)) = ½ Σ [ᾱ_N x0² - ᾱ_N - log(1 - ᾱ_N)]
+        abar_n = float(coef["abar"][-1])
+        sq_x0 = (x0 * x0).reshape(batch, dim).sum(-1)
+        prior_nats = 0.5 * (abar_n * sq_x0 - dim * (abar_n + math.log1p(-abar_n)))
+
+        # L_0: the decoder at x_1 ~ q(x_1 | x_0); its mean is x̂_0 (c1_1 = 1, c2_1 = 0 since ᾱ_0 = 1)
+        eps = torch.randn(images.shape, generator=generator, dtype=dtype, device=device)
+        step1 = torch.ones(batch, dtype=torch.long, device=device)
+        x1 = sqrt_abar[1] * x0 + sqrt_one_minus[1] * eps
+        x0_hat = predict_x0(x1, step1)
+        mean = float(coef["coef1"][1]) * x0_hat + float(coef["coef2"][1]) * x1
+        log_std = 0.5 * math.log(coef["decoder_var"])
+        decoder_nats = -discretized_gaussian_log_likelihood(x0, mean, log_std, levels, scale=scale,
+                                                            offset=offset).reshape(batch, dim).sum(-1)
+
+        # L_{t-1}, t = 2..N (or the sampled steps), timesteps_per_call terms per model call
+        terms = torch.empty(n_terms, batch, dtype=dtype, device=device)
+        for start in range(0, n_terms, timesteps_per_call):
+            chunk = steps[start:start + timesteps_per_call]  # (k, B)
+            k = chunk.shape[0]
+            eps = torch.stack([torch.randn(images.shape, generator=generator, dtype=dtype, device=device)
+                               for _ in range(k)])  # one draw per term, so chunking does not change them
+            a, s = sqrt_abar[chunk].reshape(k, batch, *shape), sqrt_one_minus[chunk].reshape(k, batch, *shape)
+            x_t = (a * x0 + s * eps).reshape(k * batch, *images.shape[1:])
+            x0_hat = predict_x0(x_t, chunk.reshape(-1)).reshape(k, batch, dim)
+            sq_err = ((x0.reshape(1, batch, dim) - x0_hat) ** 2).sum(-1)
+            terms[start:start + k] = dim * kl_const[chunk] + kl_weight[chunk] * sq_err
+
+    to_bpd = 1.0 / (dim * _LN2)
+    terms_bpd = terms * to_bpd
+    diffusion_stderr = None
+    if timesteps is None:
+        diffusion_bpd = terms_bpd.sum(0)
+    else:
+        diffusion_bpd = (n_steps - 1) * terms_bpd.mean(0)
+        diffusion_stderr = ((n_steps - 1) * terms_bpd.std(0, correction=1) / math.sqrt(n_terms) if n_terms > 1
+                            else torch.full((batch,), math.nan, dtype=dtype, device=device))
+    prior_bpd = prior_nats * to_bpd
+    decoder_bpd = decoder_nats * to_bpd
+    bpd = prior_bpd + diffusion_bpd + decoder_bpd
+    stats.update(
+        num_steps=n_steps,
+        n_terms=n_terms,
+        model_evals=(model.nfe - model_evals0) if model_evals0 is not None else None,
+        variance=variance,
+        decoder_variance=coef["decoder_var"],
+        clip_x0=clip_x0,
+        levels=levels,
+        scale=scale,
+        offset=offset,
+        wall_time=time.perf_counter() - start_time,
+    )
+    stderr = float(bpd.std(correction=1)) / math.sqrt(batch) if batch > 1 else math.nan
+    return DDPMBoundResult(bpd=bpd, mean=float(bpd.mean()), stderr=stderr, prior_bpd=prior_bpd,
+                           diffusion_bpd=diffusion_bpd, decoder_bpd=decoder_bpd, terms_bpd=terms_bpd,
+                           timesteps=steps.clone(), diffusion_stderr=diffusion_stderr, stats=stats)
+
+
+__all__ = ["log_likelihood", "bits_per_dim", "nats_to_bits_per_dim", "ddpm_bound",
+           "discretized_gaussian_log_likelihood", "LikelihoodResult", "BitsPerDimResult", "DDPMBoundResult",
+           "DIVERGENCES", "PROBES", "DECODERS", "DDPM_VARIANCES", "DECODER_VARIANCES"]

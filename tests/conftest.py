@@ -37,6 +37,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """`one_thread` for a whole module of tiny-tensor tests (``pytestmark = usefixtures("one_thread_module")``):
+    intra-op threads only add synchronisation, which costs 100x on shared cores (a (5, 3) softmax: 1 us on one
+    thread, 270 us on two busy ones)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Small tensors: one torch thread is faster, and on a busy machine extra OpenMP threads spin idle."""

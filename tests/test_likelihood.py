@@ -38,14 +38,7 @@ PROCESSES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are tiny (B x D <= 32): intra-op threads only add synchronisation, which costs 100x on
-    # shared cores (measured: a (5, 3) softmax takes 1 us on one thread, 270 us on two busy ones).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors (tests/conftest.py)
 
 
 def _gmm():
