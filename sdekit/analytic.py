@@ -194,7 +194,8 @@ class GaussianMixture:
         if a.ndim != 0:
             raise ValueError("marginal(process, t) needs a scalar t")
         a, s = float(a), float(s)
-        return GaussianMixture(a * self.means, a * a * self.covariances + s * s * torch.eye(self.dim), self.weights)
+        eye = torch.eye(self.dim, dtype=torch.float64)  # float64 like everything here (not the default dtype)
+        return GaussianMixture(a * self.means, a * a * self.covariances + s * s * eye, self.weights)
 
     def log_prob_t(self, x, process: DiffusionProcess, t) -> torch.Tensor:
         """Exact log-density of the marginal ``p_t`` of ``process`` at time ``t``, ``(B,)``."""
