@@ -9,7 +9,7 @@ from .models import ScoreModel, convert
 from .processes import EDM, VE, VP, DiffusionProcess, SubVP
 from .reverse import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
 from .sampling import ClassifierFreeGuidance, sample
-from .schedules import time_grid
+from .schedules import LearnedSchedule, QuadraticSchedule, time_grid
 from .sde import ODE, SDE, from_torchsde, to_torchsde
 from .solve import PIController, Solution, solve  # noqa: E402  (the function shadows the module name)
 
@@ -23,6 +23,6 @@ __all__ = [
     "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters",
     "BrownianPath", "VirtualBrownianTree", "FreshNoise", "solve", "Solution", "PIController",
     "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult", "log_likelihood", "bits_per_dim",
-    "ddpm_bound", "DDPMBoundResult",
+    "ddpm_bound", "DDPMBoundResult", "QuadraticSchedule", "LearnedSchedule",
     "invert", "interpolate",
 ]

@@ -5,7 +5,7 @@ Every process is an additive-noise [`SDE`][sdekit.sde.SDE] ``dx = f(t) x dt + g(
 Modeling through SDEs", eqs. 11 and 29). Conventions (``shared/CONVENTIONS.md``): ``t`` runs from data
 (0) to noise (``t_max``); the half log-SNR ``lambda(t) = log alpha - log sigma`` is strictly decreasing.
 
-- `VP`: ``alpha² + sigma² = 1``; linear, cosine or discrete (DDPM) schedule.
+- `VP`: ``alpha² + sigma² = 1``; linear, cosine, quadratic, discrete (DDPM) or learned schedule.
 - `SubVP`: ``alpha`` as VP, ``sigma = 1 - alpha²``.
 - `VE`: ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
 - `EDM`: ``alpha = 1``, ``sigma(t) = t`` (Karras et al. 2022).
@@ -25,7 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from ._utils import as_time, bcast, check_positive
-from .schedules import BetaSchedule, CosineSchedule, DiscreteSchedule, LinearSchedule, _check_range, get_schedule
+from .schedules import (
+    BetaSchedule,
+    CosineSchedule,
+    DiscreteSchedule,
+    LearnedSchedule,
+    LinearSchedule,
+    QuadraticSchedule,
+    _check_range,
+    get_schedule,
+)
 from .sde import SDE
 
 
@@ -63,7 +72,8 @@ class DiffusionProcess(SDE):
             ends = (self.t_max, self.t_domain_min)
             cached = self.__dict__.get("_log_snr_range")
             if cached is None or cached[0] != ends:  # samplers invert once per step: compute the range once
-                cached = (ends, *(float(self.log_snr(torch.tensor(t, dtype=torch.float64))) for t in ends))
+                # detach: a learned schedule's values carry a graph
+                cached = (ends, *(float(self.log_snr(torch.tensor(t, dtype=torch.float64)).detach()) for t in ends))
                 self._log_snr_range = cached
             _, lo, hi = cached
             where = f"the log-SNR range [lambda(t_max), lambda(t_domain_min)] = [{lo:.6g}, {hi:.6g}] of {self!r}"
@@ -160,10 +170,15 @@ class VP(DiffusionProcess):
 
     Args:
         schedule: ``"linear"`` (``beta_min``, ``beta_max``; score_sde defaults 0.1 and 20), ``"cosine"``
-            (``s``, ``t_max``), or a [`BetaSchedule`][sdekit.schedules.BetaSchedule]. Use `from_betas` /
-            `from_alphas_cumprod` for a discrete DDPM schedule.
+            (``s``, ``t_max``), ``"quadratic"`` (``sqrt(beta)`` linear in ``t``; ``beta_min``, ``beta_max``,
+            defaults 0.1 and 20: [`QuadraticSchedule`][sdekit.schedules.QuadraticSchedule]), ``"learned"``
+            (``knots``, ``log_snr_max``, ``log_snr_min``, ``interpolation``:
+            [`LearnedSchedule`][sdekit.schedules.LearnedSchedule]), or a
+            [`BetaSchedule`][sdekit.schedules.BetaSchedule] object, e.g. ``VP(LearnedSchedule(...))``: the process
+            then uses that module's parameters, so a loss through ``alpha(t)``, ``sigma(t)``... trains it. Use
+            `from_betas` / `from_alphas_cumprod` for a discrete DDPM schedule.
         schedule_kwargs: the schedule's parameters; ``t_min``, the default end of sampling (1e-3 as in
-            DPM-Solver for continuous schedules), is one of them.
+            DPM-Solver for continuous schedules; 0 for the learned one, whose ``sigma(0) > 0``), is one of them.
     """
 
     def __init__(self, schedule: str | BetaSchedule = "linear", **schedule_kwargs: float):
@@ -344,9 +359,10 @@ class EDM(DiffusionProcess):
 def process_spec(process: DiffusionProcess) -> dict:
     """A JSON-able description of ``process`` that `process_from_spec` turns back into an equal one.
 
-    VP/SubVP: ``{"type": "VP", "schedule": "linear", "beta_min", "beta_max", "t_min"}``, ``"cosine"`` with
-    ``s``, ``t_max``, ``t_min``, or ``"discrete"`` with the ``alphas_cumprod`` list; VE: ``sigma_min``,
-    ``sigma_max``, ``t_min``; EDM: ``sigma_min``, ``sigma_max``, ``sigma_data``.
+    VP/SubVP: ``{"type": "VP", "schedule": "linear", "beta_min", "beta_max", "t_min"}``, ``"quadratic"`` with
+    the same keys, ``"cosine"`` with ``s``, ``t_max``, ``t_min``, ``"discrete"`` with the ``alphas_cumprod`` list,
+    or ``"learned"`` with ``knots``, ``log_snr`` (the current knot values), ``interpolation``, ``t_min``; VE:
+    ``sigma_min``, ``sigma_max``, ``t_min``; EDM: ``sigma_min``, ``sigma_max``, ``sigma_data``.
     """
     if isinstance(process, VP):  # SubVP too
         kind = "SubVP" if isinstance(process, SubVP) else "VP"
@@ -354,6 +370,12 @@ def process_spec(process: DiffusionProcess) -> dict:
         if isinstance(s, LinearSchedule):
             return {"type": kind, "schedule": "linear", "beta_min": s.beta_min, "beta_max": s.beta_max,
                     "t_min": s.t_min}
+        if isinstance(s, QuadraticSchedule):
+            return {"type": kind, "schedule": "quadratic", "beta_min": s.beta_min, "beta_max": s.beta_max,
+                    "t_min": s.t_min}
+        if isinstance(s, LearnedSchedule):
+            return {"type": kind, "schedule": "learned", "knots": s.knots.tolist(),
+                    "log_snr": s.log_snr_knots.detach().tolist(), "interpolation": s.interpolation, "t_min": s.t_min}
         if isinstance(s, CosineSchedule):
             return {"type": kind, "schedule": "cosine", "s": s.s, "t_max": s.t_max, "t_min": s.t_min}
         if isinstance(s, DiscreteSchedule):
@@ -385,8 +407,11 @@ def process_from_spec(spec: dict) -> DiffusionProcess:
             if "ddpm_linear" in rest:
                 return cls(DiscreteSchedule.linear_ddpm(**rest["ddpm_linear"]))
             raise ValueError("a discrete VP spec needs 'alphas_cumprod', 'betas' or 'ddpm_linear'")
-        if schedule not in ("linear", "cosine"):
-            raise ValueError(f"unknown VP schedule {schedule!r} in process spec; allowed: linear, cosine, discrete")
+        if schedule == "learned":
+            return cls(LearnedSchedule.from_log_snr(**rest))
+        if schedule not in ("linear", "cosine", "quadratic"):
+            raise ValueError(f"unknown VP schedule {schedule!r} in process spec; allowed: linear, cosine, quadratic, "
+                             "discrete, learned")
         return cls(schedule, **rest)
     if kind == "VE":
         return VE(**rest)

@@ -121,7 +121,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="t_max"):
         VP("cosine", t_max=1.0)
     with pytest.raises(ValueError, match="unknown schedule"):
-        VP("quadratic")
+        VP("quartic")
     with pytest.raises(ValueError, match="outside the time domain"):
         VP().alpha(1.5)
     with pytest.raises(ValueError, match="outside the time domain"):
