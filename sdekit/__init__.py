@@ -1,6 +1,6 @@
 """sdekit: diffusion models as SDEs and ODEs, solved well."""
 
-from . import adapters, analytic, bench, nets, schedules, solvers, training, zoo
+from . import adapters, analytic, bench, inverse, nets, schedules, solvers, training, zoo
 from .bench.grid_opt import GridResult, optimize_grid
 from .brownian import BrownianPath, FreshNoise, VirtualBrownianTree
 from .inversion import interpolate, invert
@@ -20,7 +20,7 @@ __all__ = [
     "DiffusionProcess", "VP", "SubVP", "VE", "EDM",
     "ScoreModel", "convert",
     "reverse_sde", "probability_flow", "ReverseSDE", "ProbabilityFlowODE",
-    "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters",
+    "analytic", "schedules", "bench", "solvers", "nets", "training", "zoo", "adapters", "inverse",
     "BrownianPath", "VirtualBrownianTree", "FreshNoise", "solve", "Solution", "PIController",
     "sample", "ClassifierFreeGuidance", "time_grid", "optimize_grid", "GridResult", "log_likelihood", "bits_per_dim",
     "ddpm_bound", "DDPMBoundResult", "QuadraticSchedule", "LearnedSchedule",

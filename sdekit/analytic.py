@@ -209,6 +209,94 @@ class GaussianMixture:
         """Exact ``E[x_0 | x_t = x]`` under ``process`` at time ``t`` (the ideal denoiser)."""
         return self.posterior_mean_at(x, *self._alpha_sigma(process, t))
 
+    # --- conditioning on a linear measurement ------------------------------------------------------------
+    def condition(self, A, y, noise_std: float) -> GaussianMixture:
+        """The exact posterior of ``x_0`` given one linear measurement ``y = A x_0 + noise_std · n``, ``n ~ N(0, I)``.
+
+        Per component, ``(x_0, y)`` is jointly Gaussian, so the posterior is again a mixture of ``K`` Gaussians
+        (Bishop 2006, *Pattern Recognition and Machine Learning*, §2.3.3): with ``C_k = A S_k Aᵀ + noise_std² I``,
+
+        - mean ``m_k = mu_k + S_k Aᵀ C_k⁻¹ (y - A mu_k)``, covariance ``P_k = S_k - S_k Aᵀ C_k⁻¹ A S_k``;
+        - weight ``w_k N(y; A mu_k, C_k) / p(y)``: each component reweighted by its evidence.
+
+        Computed in float64 through the Cholesky factor ``C_k = L_k L_kᵀ`` (``W_k = L_k⁻¹ A S_k``,
+        ``P_k = S_k - W_kᵀ W_k``, ``m_k = mu_k + W_kᵀ L_k⁻¹ (y - A mu_k)``), with the log-evidences normalised by
+        log-sum-exp, so neither an inverse nor an underflowing density is formed.
+
+        With ``noise_std = 0`` (``A`` of full row rank ``m``) the posterior lies on the affine subspace
+        ``{x : A x = y}``: each ``P_k`` has rank ``d - m`` (its ``m`` zero eigenvalues are set to exactly 0).
+        `sample`, `mean`, `covariance` and every noised quantity at ``sigma > 0`` (``score_at``,
+        ``posterior_mean_at``, `model` at ``t > 0``) are exact; the clean density (``log_prob``, ``score`` at
+        ``sigma = 0``) does not exist there.
+
+        Args:
+            A: the measurement matrix, ``(m, d)``.
+            y: one measurement, ``(m,)`` (or ``(1, m)``).
+            noise_std: the standard deviation of the measurement noise, ``>= 0``.
+
+        Returns:
+            the posterior [`GaussianMixture`][sdekit.analytic.GaussianMixture] (``K`` components; a weight may
+            underflow to 0).
+
+        Raises:
+            TypeError: ``noise_std`` is not a real number.
+            ValueError: shapes that do not fit (``A`` not ``(m, d)``, ``y`` not ``(m,)``), NaN/Inf, ``noise_std < 0``,
+                or ``noise_std = 0`` with ``A`` not of full row rank.
+        """
+        a = torch.as_tensor(A, dtype=torch.float64).detach().cpu()
+        yy = torch.as_tensor(y, dtype=torch.float64).detach().cpu()
+        if a.ndim != 2 or a.shape[1] != self.dim or a.shape[0] < 1:
+            raise ValueError(f"A must have shape (m, d) = (m, {self.dim}), got {tuple(a.shape)}")
+        m = a.shape[0]
+        if yy.shape == (1, m):
+            yy = yy[0]
+        if yy.shape != (m,):
+            raise ValueError(f"y must be one measurement of shape ({m},) (or (1, {m})), got {tuple(yy.shape)}")
+        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)):
+            raise TypeError(f"noise_std must be a real number, got {type(noise_std).__name__}")
+        noise_std = float(noise_std)
+        if not (math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        check_finite(a, "A")
+        check_finite(yy, "y")
+        if noise_std == 0 and int(torch.linalg.matrix_rank(a)) < m:
+            raise ValueError(f"noise_std = 0 needs A of full row rank {m}, got rank {int(torch.linalg.matrix_rank(a))}"
+                             " (drop redundant rows or give noise_std > 0)")
+        a_s = a @ self.covariances  # (K, m, d): A S_k
+        c = a_s @ a.T + noise_std**2 * torch.eye(m, dtype=torch.float64)  # C_k
+        c = 0.5 * (c + c.transpose(-1, -2))
+        chol, info = torch.linalg.cholesky_ex(c)
+        if bool((info > 0).any()):
+            raise ValueError("A S_k Aᵀ + noise_std² I is not positive definite for some component; "
+                             "A is too close to rank deficient for noise_std = 0")
+        w_mat = torch.linalg.solve_triangular(chol, a_s, upper=False)  # L_k⁻¹ A S_k, (K, m, d)
+        resid = (yy - self.means @ a.T).unsqueeze(-1)  # y - A mu_k, (K, m, 1)
+        white = torch.linalg.solve_triangular(chol, resid, upper=False)  # L_k⁻¹ (y - A mu_k)
+        means = self.means + (w_mat.transpose(-1, -2) @ white).squeeze(-1)
+        covs = self.covariances - w_mat.transpose(-1, -2) @ w_mat
+        covs = 0.5 * (covs + covs.transpose(-1, -2))
+        log_det_half = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # log |C_k|^(1/2)
+        log_evidence = -0.5 * white.squeeze(-1).pow(2).sum(-1) - log_det_half - 0.5 * m * _LOG_2PI
+        weights = torch.softmax(self.log_weights + log_evidence, dim=0)
+        evals, evecs = torch.linalg.eigh(covs)
+        if noise_std == 0:
+            evals[:, :m] = 0.0  # rank d - m exactly: the m smallest are zero up to rounding
+        if bool((evals > 0).all()):
+            return GaussianMixture(means, covs, weights)
+        return self._degenerate(means, evals.clamp_min(0.0), evecs, weights)
+
+    @classmethod
+    def _degenerate(cls, means, evals, evecs, weights) -> GaussianMixture:
+        """A mixture with positive semi-definite covariances ``U diag(s) Uᵀ`` (``s >= 0``), which the constructor
+        rejects: the posterior of an exact measurement. Sets the attributes ``__init__`` sets."""
+        obj = cls.__new__(cls)
+        obj.means, obj.weights = means, weights
+        obj.covariances = (evecs * evals[:, None, :]) @ evecs.transpose(-1, -2)
+        obj.evals, obj.evecs = evals, evecs
+        obj.log_weights = torch.log(weights)
+        obj.n_components, obj.dim = means.shape
+        return obj
+
     def model(self, process: DiffusionProcess) -> ExactScoreModel:
         """The exact model of this mixture under ``process``: usable wherever a trained model is."""
         return ExactScoreModel(self, process)
