@@ -25,8 +25,11 @@ knot, and reports the largest difference.
 
 Samplers: every deterministic sampler of the registry that applies (ddim, dpm_solver_2/3, dpmpp_2s,
 dpmpp_2m, dpmpp_3m with variant "taylor" (default) and "reference", unipc bh1/bh2 of order 2/3, edm_heun)
-plus the generic rk4 and heun on the PF-ODE, each with the spacings time/log_snr/karras/quadratic; the best
-spacing per sampler and NFE (lowest mean RMSE) is reported. An NFE budget B gives B // evals_per_step
+ipndm, deis, plus the generic rk4 and heun on the PF-ODE, each with the spacings time/log_snr/karras/quadratic
+ending at t_end = 1/N and five grids ending at t = 0 (``END0``: the time-uniform grid to 0, and each spacing to
+1/N with one more step to 0, compared with the exact flow at t = 0); the best spacing per sampler and NFE
+(lowest mean RMSE) is reported, and ``sdekit.sample``'s defaults on their own row.
+An NFE budget B gives B // evals_per_step
 steps; the NFE reported is ``sample(...).stats["nfe"]``. diffusers: DDIMScheduler (trailing),
 DPMSolverMultistepScheduler (2M and 3M, dpmsolver++; linspace timesteps, Karras sigmas, Lu lambdas) and
 UniPCMultistepScheduler (bh2, order 2; linspace, Karras), stock (float32 schedule), driven by hand.
@@ -35,7 +38,9 @@ Targets (from the samplers issue):
 (a) identical algorithm and grid -> the same RMSE as diffusers within 1% (sdekit run on each scheduler's own
     grid with the matching options, every NFE and seed);
 (b) the best sdekit sampler beats the best diffusers scheduler at 10 and 20 NFE by more than the run-to-run
-    spread (std over seeds), aiming at 2x lower RMSE (every seed's ratio >= 2).
+    spread (std over seeds), aiming at 2x lower RMSE (every seed's ratio >= 2);
+(c) what a user gets by default is never worse than diffusers' default, each end compared with its own end
+    (`default_targets`).
 Also: the measured global order of DPM-Solver++(3M) in both variants (log_snr grids, 50..1600 steps), and
 diffusers' Karras sigmas with the model called at rounded integer timesteps against sdekit on the same
 sigmas with the model at the exact times (NFE 10..800).
@@ -59,6 +64,11 @@ import torch
 
 N_TRAIN = 1000
 SPACINGS = ("time", "log_snr", "karras", "quadratic")
+# Grids that end at t = 0 (sigma = 0), compared with the exact flow at t = 0 like diffusers' "(end sigma=0)"
+# configurations: "time>0" is the time-uniform grid to t = 0; "X+0" is the X grid to t_end = 1/N with one more
+# step from there to t = 0 (diffusers' final_sigmas_type="zero"), the same NFE.
+END0 = ("time>0", "time+0", "log_snr+0", "karras+0", "quadratic+0")
+ALL_SPACINGS = SPACINGS + END0
 REF_TOL = 1e-10
 
 # (label, registry name, options)
@@ -74,6 +84,8 @@ SDEKIT_SAMPLERS = [
     ("unipc[bh1,o3]", "unipc", {"variant": "bh1", "order": 3}),
     ("unipc[bh2,o2]", "unipc", {"variant": "bh2", "order": 2}),
     ("unipc[bh2,o3]", "unipc", {"variant": "bh2", "order": 3}),
+    ("ipndm", "ipndm", {}),
+    ("deis", "deis", {}),
     ("edm_heun", "edm_heun", {}),
     ("rk4", "rk4", {}),
     ("heun", "heun", {}),
@@ -139,6 +151,21 @@ class Problem:
         return y
 
 
+def grid_kwargs(prob, spacing: str, steps: int) -> dict:
+    """``sample`` keyword arguments of a spacing of ALL_SPACINGS with ``steps`` steps."""
+    from sdekit import time_grid
+
+    if spacing in SPACINGS:
+        return {"steps": steps, "spacing": spacing, "t_end": prob.t_end}
+    if spacing == "time>0":
+        return {"steps": steps, "spacing": "time", "t_end": 0.0}
+    if steps < 2:
+        raise ValueError(f"{spacing} needs at least 2 steps")
+    ts = time_grid(prob.process, steps - 1, spacing[:-2], t_end=prob.t_end)
+    # the model's grids are in DDPM indices: t = (i + 1) / N, so t = 0 is index -1
+    return {"grid": torch.cat([ts * N_TRAIN - 1, torch.tensor([-1.0], dtype=torch.float64)])}
+
+
 def errors(x: torch.Tensor, ref: torch.Tensor) -> dict:
     d2 = (x.double() - ref.double()) ** 2
     if not bool(torch.isfinite(d2).all()):
@@ -171,6 +198,7 @@ def diffusers_configs() -> dict[str, tuple]:
         cfg[f"{m} karras"] = (dpm(order, "sigma_min", use_karras_sigmas=True), "t_min")
         cfg[f"{m} karras (end sigma=0)"] = (dpm(order, "zero", use_karras_sigmas=True), "zero")
         cfg[f"{m} lu_lambdas (end sigma=0)"] = (dpm(order, "zero", use_lu_lambdas=True), "zero")
+    cfg["DPM++2M stock default (end sigma=0)"] = (lambda n: DPMSolverMultistepScheduler(), "zero")
     cfg["UniPC bh2 o2"] = (unipc("sigma_min"), "t_min")
     cfg["UniPC bh2 o2 (end sigma=0)"] = (unipc("zero"), "zero")
     cfg["UniPC bh2 o2 karras (end sigma=0)"] = (unipc("zero", use_karras_sigmas=True), "zero")
@@ -212,6 +240,33 @@ def parity_pairs(n: int):
 
 
 # --- statistics and formatting -----------------------------------------------------------------------------
+def default_targets(defaults: dict, sdk: dict, dif: dict, nfe: list[int]) -> dict:
+    """Target (c): what a user gets by default from each library, compared at the same end.
+
+    - ``c1``: ``sdekit.sample(model, x_T, steps=B)`` (its defaults: dpmpp_2m, time spacing, the step-ratio order
+      rule, t_end = t_min = 1/N) against diffusers' default algorithm ending at the same t_min
+      (``DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")``, row "DPM++2M");
+    - ``c2``: the same sdekit defaults with ``t_end=0`` (row "time>0" of dpmpp_2m) against diffusers' stock
+      ``DPMSolverMultistepScheduler()`` (which ends at sigma = 0), both against the exact flow at t = 0.
+
+    Errors at t_min and at 0 are not comparable (the last step to sigma = 0 contracts the error), so neither
+    compares across ends. PASS: no seed's ratio (diffusers / sdekit) below 0.99 at any NFE (1%: the parity
+    tolerance of target (a), since in c1 both run the same algorithm on nearly the same grid).
+    """
+    out = {}
+    pairs = {"c1_default_vs_diffusers_2m_same_end_t_min": (defaults, dif["DPM++2M"]),
+             "c2_default_t_end0_vs_diffusers_stock_default": (sdk["dpmpp_2m"]["time>0"],
+                                                              dif["DPM++2M stock default (end sigma=0)"])}
+    for key, (ours, theirs) in pairs.items():
+        ratios = {str(b): [d / s for d, s in zip(theirs[str(b)]["rmse_per_seed"], ours[str(b)]["rmse_per_seed"])]
+                  for b in nfe}
+        out[key] = {"status": "PASS" if all(min(r) >= 0.99 for r in ratios.values()) else "MISS",
+                    "ratio_per_seed_by_nfe": ratios,
+                    "sdekit_rmse": {str(b): ours[str(b)]["rmse_mean"] for b in nfe},
+                    "diffusers_rmse": {str(b): theirs[str(b)]["rmse_mean"] for b in nfe}}
+    return out
+
+
 def summarize(per_seed: list[dict]) -> dict:
     r = [e["rmse"] for e in per_seed]
     m = [e["median_traj"] for e in per_seed]
@@ -339,15 +394,16 @@ def main(argv=None) -> dict:
     for label, name, opts in SDEKIT_SAMPLERS:
         eps = get_solver(name, **opts).evals_per_step
         sdk[label] = {}
-        for spacing in SPACINGS:
+        for spacing in ALL_SPACINGS:
             sdk[label][spacing] = {}
+            end = "zero" if spacing in END0 else "t_min"
             for budget in args.nfe:
                 steps = max(budget // eps, 1)
                 per_seed = []
                 for s in seeds:
                     try:
-                        sol = sample(prob.model, xs[s], name, steps=steps, spacing=spacing, t_end=prob.t_end, **opts)
-                        e = errors(sol.x, refs[s]["t_min"])
+                        sol = sample(prob.model, xs[s], name, **grid_kwargs(prob, spacing, steps), **opts)
+                        e = errors(sol.x, refs[s][end])
                         e["nfe"] = int(sol.stats["nfe"])
                     except (FloatingPointError, ValueError, ZeroDivisionError) as exc:
                         e = {"rmse": float("nan"), "median_traj": float("nan"), "nfe": None, "error": repr(exc)}
@@ -356,13 +412,23 @@ def main(argv=None) -> dict:
                 summ["steps"] = steps
                 sdk[label][spacing][str(budget)] = summ
         print(f"  sdekit {label}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    # what a user gets: sdekit.sample's defaults (solver, spacing, order rule, t_end = t_min)
+    defaults = {}
+    for budget in args.nfe:
+        per_seed = []
+        for s in seeds:
+            sol = sample(prob.model, xs[s], steps=budget)
+            e = errors(sol.x, refs[s]["t_min"])
+            e["nfe"] = int(sol.stats["nfe"])
+            per_seed.append(e)
+        defaults[str(budget)] = summarize(per_seed)
     timings["sdekit_s"] = time.perf_counter() - t0
 
     best_sdk = {}
     for label in sdk:
         best_sdk[label] = {}
         for budget in args.nfe:
-            cands = [(sdk[label][sp][str(budget)], sp) for sp in SPACINGS]
+            cands = [(sdk[label][sp][str(budget)], sp) for sp in ALL_SPACINGS]
             cands = [c for c in cands if math.isfinite(c[0]["rmse_mean"])]
             if cands:
                 summ, sp = min(cands, key=lambda c: c[0]["rmse_mean"])
@@ -461,7 +527,7 @@ def main(argv=None) -> dict:
             spread = dk[1]["rmse_std"] + sk[1]["rmse_std"]
             beats = margin > spread and min(ratios) > 1
             # informational: the same comparison on the median per-trajectory error (each side's best)
-            sk_med = min(((f"{lab} ({sp})", sdk[lab][sp][b]) for lab in sdk for sp in SPACINGS
+            sk_med = min(((f"{lab} ({sp})", sdk[lab][sp][b]) for lab in sdk for sp in ALL_SPACINGS
                           if math.isfinite(sdk[lab][sp][b]["median_traj_mean"])),
                          key=lambda c: c[1]["median_traj_mean"])
             dk_med = min(((lab, dif[lab][b]) for lab in dif if math.isfinite(dif[lab][b]["median_traj_mean"])),
@@ -480,11 +546,15 @@ def main(argv=None) -> dict:
                                 "ratio": dk_med[1]["median_traj_mean"] / sk_med[1]["median_traj_mean"]},
             }
 
+        targets.update(default_targets(defaults, sdk, dif, args.nfe))
+
     # --- print --------------------------------------------------------------------------------------------------
     print(f"\nRMSE vs the exact PF-ODE flow (sqrt of the mean over trajectories and coordinates), mean±std over "
           f"{args.seeds} seeds x {args.batch} trajectories; sdekit: best spacing per NFE "
-          "[t=time l=log_snr k=karras q=quadratic]; end t = 1/N unless marked")
-    abbrev = {"time": "t", "log_snr": "l", "karras": "k", "quadratic": "q"}
+          "[t=time l=log_snr k=karras q=quadratic; t>0 time-uniform to t = 0, X+0 the X grid to 1/N then a step to 0];"
+          " end t = 1/N unless marked")
+    abbrev = {"time": "t", "log_snr": "l", "karras": "k", "quadratic": "q", "time>0": "t>0", "time+0": "t+0",
+              "log_snr+0": "l+0", "karras+0": "k+0", "quadratic+0": "q+0"}
     head = f"{'sampler':{LABEL_W}s}" + "".join(f"{'NFE ' + str(b):>22s}" for b in args.nfe)
     print(head)
     for label in best_sdk:
@@ -523,6 +593,10 @@ def main(argv=None) -> dict:
         a = targets["a_same_rmse_within_1pct"]
         print(f"\ntarget (a) same RMSE as diffusers within 1%: {a['status']} "
               f"(worst relative difference {a['worst_relative_rmse_difference']:.1e})")
+        for key in ("c1_default_vs_diffusers_2m_same_end_t_min", "c2_default_t_end0_vs_diffusers_stock_default"):
+            c = targets[key]
+            print(f"target (c) {key}: {c['status']}; ratio per seed (diffusers / sdekit) by NFE: " + ", ".join(
+                f"{b}: [{' '.join(f'{r:.2f}' for r in rs)}]" for b, rs in c["ratio_per_seed_by_nfe"].items()))
         for k, v in targets.items():
             if not k.startswith("b_"):
                 continue
@@ -555,6 +629,7 @@ def main(argv=None) -> dict:
         "timings": timings,
         "sdekit": sdk,
         "sdekit_best_spacing": best_sdk,
+        "sdekit_default": defaults,
         "diffusers": dif,
         "parity": parity,
         "karras_rounding": rounding,
