@@ -193,7 +193,7 @@ class GaussianMixture:
         a, s = self._alpha_sigma(process, t)
         if a.ndim != 0:
             raise ValueError("marginal(process, t) needs a scalar t")
-        a, s = float(a), float(s)
+        a, s = float(a.detach()), float(s.detach())  # a constant mixture: not differentiable in t
         eye = torch.eye(self.dim, dtype=torch.float64)  # float64 like everything here (not the default dtype)
         return GaussianMixture(a * self.means, a * a * self.covariances + s * s * eye, self.weights)
 

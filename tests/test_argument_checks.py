@@ -17,7 +17,7 @@ PROCS = all_processes()
 
 def _lam_range(p):
     """[lambda(t_max), lambda(t_domain_min)] in float64 (the upper end is +inf where sigma(t_domain_min) = 0)."""
-    return tuple(float(p.log_snr(torch.tensor(t, dtype=torch.float64))) for t in (p.t_max, p.t_domain_min))
+    return tuple(float(p.log_snr(torch.tensor(t, dtype=torch.float64)).detach()) for t in (p.t_max, p.t_domain_min))
 
 
 # --- 1. t_from_log_snr -------------------------------------------------------------------------------------
