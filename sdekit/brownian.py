@@ -21,6 +21,14 @@ whatever the order of their queries.
 `FreshNoise` draws independent increments (no consistency, no memory): the cheapest source, used by
 ``solve`` and ``sample`` when no path is given.
 
+**Per-sample noise** (``sample_offset``): `IndexedNoise`, and `BrownianPath` / `VirtualBrownianTree` created
+with ``sample_offset=a``, draw row ``i`` of every tensor as a function of the seed and of the *global* sample
+index ``a + i`` only, so that a batch of samples ``[a, b)`` gets exactly (bit for bit) rows ``a..b`` of the noise
+of one batch over ``[0, n)``: the way to shard a batch over processes (`sdekit.distributed`) with results that
+do not depend on the number of processes. The rows are drawn in blocks of `SAMPLE_BLOCK` global indices, one
+generator seeded by a hash of (seed, draw, block) per block (`indexed_normal`), so a shard costs the normal
+draws of the blocks it touches (at most two blocks more than its own rows).
+
 The bridge split of an interval ``[a, b]`` (length ``h``) at ``m`` (``h1 = m - a``, ``h2 = b - m``), given its
 increment ``W`` and area ``H``, is the Gaussian conditional law of the four independent variables
 ``W1, W2 ~ N(0, h_i)``, ``H1, H2 ~ N(0, h_i/12)`` under ``W = W1 + W2`` and
@@ -52,6 +60,11 @@ _MASK64 = (1 << 64) - 1
 #: splits inside a cell are then at most about this deep)
 CELL_STEPS = 32
 
+#: global sample indices per block of per-sample noise (`indexed_normal`): every block ``k`` (indices
+#: ``[k B, (k + 1) B)``) is one draw of ``(B, *event_shape)`` from a generator seeded by a hash of (seed, key, k).
+#: Part of the definition of the noise: changing it changes every sharded result.
+SAMPLE_BLOCK = 64
+
 
 def _mix(*keys: int) -> int:
     """splitmix64-style hash of integer keys into a 63-bit seed."""
@@ -68,6 +81,90 @@ def _mix(*keys: int) -> int:
 def _bits(v: float) -> int:
     """The IEEE-754 bits of a float64, as an int (a hash key that tells every float apart)."""
     return struct.unpack("<q", struct.pack("<d", v))[0]
+
+
+def check_sample_offset(sample_offset, name: str = "sample_offset") -> int | None:
+    """``sample_offset`` as an int (None stays None); a ValueError unless it is an int >= 0."""
+    if sample_offset is None:
+        return None
+    if isinstance(sample_offset, bool) or not isinstance(sample_offset, numbers.Integral) or sample_offset < 0:
+        raise ValueError(f"{name} must be an int >= 0 (the global index of the batch's first sample), "
+                         f"got {sample_offset!r}")
+    return int(sample_offset)
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A 62-bit seed drawn from ``generator`` (one draw; a generator in the same state gives the same seed)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def indexed_draw(shape, seed: int, sample_offset: int, draw, *, key: int = 0, device=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random tensor of ``shape`` (batch first) whose row ``i`` depends only on ``(seed, key,
+    sample_offset + i)``: rows ``a..b`` of the draw of ``b`` rows at offset 0 are, bit for bit, the draw of
+    ``b - a`` rows at offset ``a`` (same device and dtype).
+
+    Global indices are grouped in blocks of `SAMPLE_BLOCK`; block ``k`` is one call ``draw(gen, block_shape)``
+    (``block_shape = (SAMPLE_BLOCK, *shape[1:])``) on a generator seeded with a splitmix64 hash of
+    ``(seed, key, k)``, and the rows of the batch are cut from the blocks it overlaps.
+
+    Args:
+        shape: the shape of the draw, batch first (``shape[0]`` rows, any event shape; 0 rows is allowed).
+        seed: integer seed (e.g. `seed_from` of a generator seeded the same in every process).
+        sample_offset: the global index of the first row.
+        draw: ``draw(generator, block_shape) -> tensor``, e.g. ``lambda g, s: torch.rand(s, generator=g)``; it
+            must use only ``generator`` for its randomness.
+        key: tells independent draws of the same rows apart (a draw counter, say).
+        device: device of the generator (the draw's device).
+        generator: a ``torch.Generator`` on ``device`` to reseed (saves creating one per call).
+
+    Returns:
+        a tensor of ``shape``.
+    """
+    shape = tuple(int(v) for v in shape)
+    if not shape:
+        raise ValueError("a per-sample draw needs a batch-first shape (at least one dimension)")
+    sample_offset = check_sample_offset(sample_offset)
+    n, event = shape[0], shape[1:]
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gen = generator if generator is not None else torch.Generator(device=device)
+    b = SAMPLE_BLOCK
+    if n == 0:
+        return draw(gen, (b, *event))[:0]
+    first, last = sample_offset // b, (sample_offset + n - 1) // b
+    parts = []
+    for k in range(first, last + 1):
+        gen.manual_seed(_mix(seed, 0x1DE7, key, k))
+        block = draw(gen, (b, *event))
+        lo, hi = max(sample_offset, k * b) - k * b, min(sample_offset + n, (k + 1) * b) - k * b
+        parts.append(block[lo:hi])
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def indexed_normal(shape, seed: int, sample_offset: int, *, key: int = 0, std: float = 1.0,
+                   dtype: torch.dtype = torch.float32, device=None, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """Normal draws ``N(0, std²)`` of ``shape`` (batch first) whose row ``i`` depends only on
+    ``(seed, key, sample_offset + i)`` (`indexed_draw` of ``torch.normal``): rows ``a..b`` of the draw of ``b``
+    rows at offset 0 are, bit for bit, the draw of ``b - a`` rows at offset ``a``.
+
+    Args:
+        shape: the shape of the draw, batch first.
+        seed: integer seed.
+        sample_offset: the global index of the first row.
+        key: tells independent draws of the same rows apart.
+        std: standard deviation.
+        dtype: floating dtype of the draw.
+        device: device of the draw.
+        generator: a ``torch.Generator`` on ``device`` to reseed.
+
+    Returns:
+        a tensor of ``shape``.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return indexed_draw(shape, seed, sample_offset,
+                        lambda g, s: torch.normal(0.0, std, s, generator=g, dtype=dtype, device=dev),
+                        key=key, device=dev, generator=generator)
 
 
 def _check_args(t0, t1, shape, seed, cache_size):
@@ -153,8 +250,11 @@ class _PathBase:
 
     levy_area: bool
 
-    def _init_common(self, t0, t1, shape, seed, dtype, device, levy_area, cache_size):
+    def _init_common(self, t0, t1, shape, seed, dtype, device, levy_area, cache_size, sample_offset=None):
         self.t0, self.t1, self.shape = _check_args(t0, t1, shape, seed, cache_size)
+        self.sample_offset = check_sample_offset(sample_offset)
+        if self.sample_offset is not None and not self.shape:
+            raise ValueError("sample_offset needs a batch-first shape (at least one dimension)")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.seed, self.dtype = int(seed), dtype
@@ -164,6 +264,9 @@ class _PathBase:
         self._gen = torch.Generator(device=self.device)
 
     def _randn(self, seed: int, std: float = 1.0) -> torch.Tensor:
+        if self.sample_offset is not None:  # per-sample rows: the path of each sample is its own
+            return indexed_normal(self.shape, seed, self.sample_offset, std=std, dtype=self.dtype, device=self.device,
+                                  generator=self._gen)
         self._gen.manual_seed(seed)
         return torch.normal(0.0, std, self.shape, generator=self._gen, dtype=self.dtype, device=self.device)
 
@@ -246,13 +349,17 @@ class BrownianPath(_PathBase):
             around queried points. Without ``dt`` the length of each query plays this role, which is as fast.
         n_cells: alias of ``dt = (t1 - t0) / n_cells`` (the virtual tree's cell count), for old code.
         cache_size: number of increments kept (each a tensor of ``shape``; two with Lévy area).
+        sample_offset: the global index of the first sample (``shape[0]`` is the batch): every draw is then made
+            per sample (`indexed_normal`), so the path of the batch ``[a, b)`` created with ``sample_offset=a``
+            is rows ``a..b`` of the path of ``[0, n)``, bit for bit, for the same queries. None (the default):
+            one draw of ``shape`` per split, as before.
     """
 
     def __init__(self, t0: float, t1: float, shape: tuple[int, ...], *, seed: int = 0,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, levy_area: bool = False,
                  grid: torch.Tensor | Sequence[float] | None = None, dt: float | None = None,
-                 n_cells: int | None = None, cache_size: int = 64):
-        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size)
+                 n_cells: int | None = None, cache_size: int = 64, sample_offset: int | None = None):
+        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size, sample_offset)
         if n_cells is not None:
             if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
                 raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
@@ -464,12 +571,14 @@ class VirtualBrownianTree(_PathBase):
 
     Costs: grids of ``n_cells · 2^k`` uniform steps computed in float64 cost one draw per step; any other point
     costs up to ``max_depth`` draws the first time (this is the price of order independence: use
-    `BrownianPath` for speed). Memory is bounded by ``cache_size``.
+    `BrownianPath` for speed). Memory is bounded by ``cache_size``. With ``sample_offset`` (the global index of
+    the batch's first sample) every draw is made per sample, as in `BrownianPath`.
     """
 
     def __init__(self, t0: float, t1: float, shape, *, seed: int = 0, dtype=torch.float32, device=None,
-                 levy_area: bool = False, n_cells: int = 1, max_depth: int = 40, cache_size: int = 96):
-        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size)
+                 levy_area: bool = False, n_cells: int = 1, max_depth: int = 40, cache_size: int = 96,
+                 sample_offset: int | None = None):
+        self._init_common(t0, t1, shape, seed, dtype, device, levy_area, cache_size, sample_offset)
         if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
             raise ValueError(f"n_cells must be a positive int, got {n_cells!r}")
         if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Integral) or not 1 <= max_depth <= 50:
@@ -641,6 +750,62 @@ class FreshNoise:
             dev = gen.device if gen is not None else None
             self._base_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=dev).item())
         return _mix(self._base_seed, 0xF05E, int(step))
+
+
+class IndexedNoise(FreshNoise):
+    """Fresh independent noise, like `FreshNoise`, whose row ``i`` depends only on the seed, the draw's number
+    and the global sample index ``sample_offset + i`` (`indexed_normal`): the noise of a batch ``[a, b)`` created
+    with ``sample_offset=a`` is rows ``a..b`` of the noise of the batch ``[0, n)``, bit for bit, when both make
+    the same sequence of draws (the same solver on the same fixed grid). ``sdekit.sample(..., sample_offset=a)``
+    uses it for samplers that need no Lévy area.
+
+    Draw ``j`` (counted from 0 over every `__call__`, `levy` and `extra` of this object) uses the key ``j``.
+    Fused kernels read its draws as tensors (`kernel_seed` is None): a key per element in registers would
+    not be per sample.
+
+    Args:
+        shape: the noise shape, batch first.
+        seed: integer seed (the same in every process).
+        sample_offset: the global index of the batch's first sample.
+        dtype: dtype of the draws.
+        device: device of the draws.
+    """
+
+    levy_area = True  # fresh areas, independent of the increments (a fixed-grid solve's needs)
+
+    def __init__(self, shape, *, seed: int, sample_offset: int = 0, dtype=torch.float32, device=None):
+        shape = tuple(int(v) for v in shape)
+        if not shape:
+            raise ValueError("IndexedNoise needs a batch-first shape (at least one dimension)")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        super().__init__(shape, generator=None, dtype=dtype, device=device)
+        self.seed, self.sample_offset = int(seed), check_sample_offset(sample_offset)
+        self.n_draws = 0
+        self._gen = torch.Generator(device=device)
+
+    def _draw(self, std: float) -> torch.Tensor:
+        key, self.n_draws = self.n_draws, self.n_draws + 1
+        return indexed_normal(self.shape, self.seed, self.sample_offset, key=key, std=std, dtype=self.dtype,
+                              device=self.device, generator=self._gen)
+
+    def __call__(self, s, t) -> torch.Tensor:
+        """A fresh ``N(0, |t - s|)`` increment (the next draw)."""
+        return self._draw(math.sqrt(abs(float(t) - float(s))))
+
+    def levy(self, s, t):
+        """Fresh ``(W(t) - W(s), H)``, ``H ~ N(0, |t - s|/12)`` independent of ``W`` (two draws)."""
+        h = abs(float(t) - float(s))
+        return self._draw(math.sqrt(h)), self._draw(math.sqrt(h / 12))
+
+    def extra(self, s, t, index: int) -> torch.Tensor:
+        """The next draw, a standard Gaussian."""
+        return self._draw(1.0)
+
+    def kernel_seed(self, step: int) -> None:
+        """None: a fused kernel reads this source's draws as tensors (see the class docstring)."""
+        return None
 
 
 class StepNoise:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._utils import bcast, check_choice
+from .brownian import check_sample_offset, indexed_draw, seed_from
 from .models import ScoreModel
 from .processes import VP, DiffusionProcess, SubVP
 from .schedules import SPACINGS, time_grid
@@ -330,8 +331,17 @@ def _new_generator(device) -> tuple[torch.Generator, int]:
     return gen, seed
 
 
-def _probes(kind, n_probes, batch, dim, generator, dtype, device):
+def _probes(kind, n_probes, batch, dim, generator, dtype, device, sample_offset=None):
     shape = (n_probes, batch, dim)
+    if sample_offset is not None:  # per sample: row i's probes from (seed, sample_offset + i) only
+        if kind == "gaussian":
+            def draw(g, s):
+                return torch.randn(s, generator=g, dtype=dtype, device=device)
+        else:
+            def draw(g, s):
+                return (2 * torch.randint(0, 2, s, generator=g, device=device) - 1).to(dtype)
+        rows = indexed_draw((batch, n_probes, dim), seed_from(generator), sample_offset, draw, device=device)
+        return rows.permute(1, 0, 2).contiguous()
     if kind == "gaussian":
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     signs = torch.randint(0, 2, shape, generator=generator, device=device)
@@ -364,6 +374,7 @@ def log_likelihood(
     backend: str = "auto",
     cond: dict | None = None,
     progress: bool = False,
+    sample_offset: int | None = None,
 ) -> LikelihoodResult:
     """Per-sample ``log p_{t_start}(x)`` in nats by the probability-flow ODE and the instantaneous change of
     variables (Chen et al. 2018; Grathwohl et al. 2019; Song et al. 2021, appendix D.2).
@@ -409,6 +420,14 @@ def log_likelihood(
             (``torch.func``, falling back to the loop with a warning when the model cannot be traced).
         cond: keyword arguments for every model call (e.g. class labels).
         progress: show the solve's progress bar.
+        sample_offset: the global index of ``x``'s first sample, for a batch that is one shard of a larger one
+            (`sdekit.distributed`): the Hutchinson probes of row ``i`` are then drawn from (a seed drawn once from
+            ``generator``, ``sample_offset + i``) only ([`indexed_draw`][sdekit.brownian.indexed_draw]), so the
+            probes of rows ``[a, b)`` at offset ``a`` are those of rows ``a..b`` of the whole batch at offset 0.
+            The results are then the same bit for bit on a fixed grid (``steps``); an adaptive solve chooses its
+            steps from the whole batch's error, so shards agree with the whole batch to the tolerance. Requires
+            ``generator`` with ``divergence="hutchinson"``. None (the default): the probes are one draw of
+            ``(n_probes, B, D)`` from ``generator``, as before.
 
     Returns:
         a `LikelihoodResult` (detached: no gradient flows back to ``x`` or the model's parameters).
@@ -429,6 +448,10 @@ def log_likelihood(
     _check_int(memory_budget_bytes, "memory_budget_bytes")
     if steps is not None:
         _check_int(steps, "steps")
+    sample_offset = check_sample_offset(sample_offset)
+    if sample_offset is not None and generator is None and divergence == "hutchinson":
+        raise ValueError("sample_offset needs a generator, seeded the same in every process (each process would "
+                         "otherwise draw its own probes)")
     process = _check_input(model, x, process)
     if prior != "process" and not callable(prior):
         raise ValueError(f"prior must be 'process' or a callable log-density, got {prior!r}")
@@ -467,7 +490,7 @@ def log_likelihood(
         n_vectors = n_probes
         if generator is None:
             generator, stats["seed"] = _new_generator(device)
-        probes = _probes(probe, n_probes, batch, dim, generator, dtype, device)
+        probes = _probes(probe, n_probes, batch, dim, generator, dtype, device, sample_offset)
         chunk = _chunk(n_vectors, batch, dim, dtype, chunk_size, memory_budget_bytes)
         estimator = _HutchinsonForms(backend, chunk, probes)
         linear_forms = (probes * probes).sum(-1)  # εᵀ (f I) ε = f |ε|²
@@ -603,6 +626,7 @@ def bits_per_dim(
     levels: int = 256,
     scale: float | None = None,
     offset: float | None = None,
+    sample_offset: int | None = None,
     **options: object,
 ) -> BitsPerDimResult | DDPMBoundResult:
     """Bits per dimension of 8-bit images under a diffusion model on [-1, 1] data, with uniform dequantization
@@ -645,6 +669,11 @@ def bits_per_dim(
         scale: ``scale`` of the map ``x = scale·(k + u) + offset`` (default ``2/levels``; ``2/(levels - 1)``
             for ``"ddpm"``).
         offset: ``offset`` of that map (default ``-1``; ``-1 - 1/(levels - 1)`` for ``"ddpm"``).
+        sample_offset: the global index of the first image, for a batch that is one shard of a larger one
+            (``decoder="dequantize"`` only; needs ``generator``): the dequantization noise of image ``i`` is then
+            drawn from (a seed drawn from ``generator``, ``sample_offset + i``) only, and draw ``d`` of image ``i``
+            is row ``(sample_offset + i) · n_dequant + d`` of `log_likelihood`'s ``sample_offset`` (the solve's
+            batch is then image-major). None: the default draws described above.
         options: passed to `log_likelihood` (``divergence``, ``rtol``, ``atol``, ``n_probes``, ``prior``,
             ``t_start``, ...), or to `ddpm_bound` for ``"ddpm"`` (``variance``, ``timesteps``, ...).
 
@@ -660,6 +689,10 @@ def bits_per_dim(
     """
     check_choice(decoder, "decoder", DECODERS)
     _check_int(n_dequant, "n_dequant")
+    sample_offset = check_sample_offset(sample_offset)
+    if sample_offset is not None and (decoder != "dequantize" or generator is None):
+        raise ValueError("sample_offset applies to decoder='dequantize' with a generator (seeded the same in every "
+                         "process)")
     if decoder == "ddpm":
         if n_dequant != 1:
             raise ValueError(f"n_dequant applies to decoder='dequantize' only; decoder='ddpm' takes n_dequant=1, "
@@ -674,13 +707,22 @@ def bits_per_dim(
         generator, seed = _new_generator(images.device)
     batch = images.shape[0]
     dim = images[0].numel()
-    u = torch.rand((n_dequant, *images.shape), generator=generator, dtype=dtype, device=images.device)
-    x = (images.to(dtype) + u) * scale + offset
-    result = log_likelihood(model, x.reshape(n_dequant * batch, *images.shape[1:]), generator=generator,
-                            dtype=dtype, **options)
+    if sample_offset is not None:  # image-major rows: image i's draws are global rows (offset + i) n_dequant + d
+        u = indexed_draw((batch, n_dequant, *images.shape[1:]), seed_from(generator), sample_offset,
+                         lambda g, s: torch.rand(s, generator=g, dtype=dtype, device=images.device),
+                         device=images.device)
+        x = (images.to(dtype).unsqueeze(1) + u) * scale + offset
+        result = log_likelihood(model, x.reshape(batch * n_dequant, *images.shape[1:]), generator=generator,
+                                dtype=dtype, sample_offset=sample_offset * n_dequant, **options)
+        per_draw = nats_to_bits_per_dim(result.log_prob, dim, scale).reshape(batch, n_dequant).T
+    else:
+        u = torch.rand((n_dequant, *images.shape), generator=generator, dtype=dtype, device=images.device)
+        x = (images.to(dtype) + u) * scale + offset
+        result = log_likelihood(model, x.reshape(n_dequant * batch, *images.shape[1:]), generator=generator,
+                                dtype=dtype, **options)
+        per_draw = nats_to_bits_per_dim(result.log_prob, dim, scale).reshape(n_dequant, batch)
     if seed is not None:
         result.stats["seed"] = seed
-    per_draw = nats_to_bits_per_dim(result.log_prob, dim, scale).reshape(n_dequant, batch)
     bpd = per_draw.mean(0)
     mean = float(bpd.mean())
     stderr = float(bpd.std(correction=1)) / math.sqrt(batch) if batch > 1 else math.nan

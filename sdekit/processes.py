@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ._utils import as_time, bcast, check_positive
+from .brownian import indexed_normal, seed_from
 from .schedules import (
     BetaSchedule,
     CosineSchedule,
@@ -142,8 +143,23 @@ class DiffusionProcess(SDE):
         """Standard deviation of the prior ``N(0, prior_std² I)`` used at ``t_max``."""
         raise NotImplementedError
 
-    def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None):
-        """A draw ``x_T ~ N(0, prior_std² I)`` of ``shape`` from ``generator``."""
+    def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None,
+                     sample_offset: int | None = None):
+        """A draw ``x_T ~ N(0, prior_std² I)`` of ``shape`` from ``generator``.
+
+        With ``sample_offset=a`` (the global index of the first sample; ``shape[0]`` is the batch) each row is
+        drawn from its own global index (one seed is drawn from ``generator``, then
+        [`indexed_normal`][sdekit.brownian.indexed_normal]): the draw of ``b - a`` rows at offset ``a`` is rows
+        ``a..b`` of the draw of ``n`` rows at offset 0, bit for bit, for a generator in the same state. This
+        is how each process of a sharded run draws its part of ``x_T`` (`sdekit.distributed`). Without it (the
+        default) the draw is one ``torch.randn`` of ``shape``, which is a different draw.
+        """
+        if sample_offset is not None:
+            if generator is None:
+                raise ValueError("prior_sample(sample_offset=...) needs a generator, seeded the same in every process")
+            z = indexed_normal(tuple(shape), seed_from(generator), sample_offset, dtype=dtype,
+                               device=device if device is not None else generator.device)
+            return self.prior_std * z
         z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
         return self.prior_std * z
 

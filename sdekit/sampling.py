@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .brownian import BrownianPath
+from .brownian import BrownianPath, IndexedNoise, check_sample_offset, seed_from
 from .models import ScoreModel
 from .reverse import probability_flow, reverse_sde
 from .schedules import time_grid
@@ -46,7 +46,8 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
            spacing: str = "time", grid: torch.Tensor | None = None,
            generator: torch.Generator | None = None, *, t_start: float | None = None, t_end: float | None = None,
            denoise: bool = False, return_trajectory: bool = False, brownian=None, rho: float = 7.0,
-           progress: bool = False, fused: bool | str = False, **options) -> Solution:
+           progress: bool = False, fused: bool | str = False, sample_offset: int | None = None,
+           **options) -> Solution:
     """Sample from ``model`` starting at ``x_T`` (drawn from ``model.process.prior_sample``).
 
     Args:
@@ -70,6 +71,17 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
             With fresh noise (no ``brownian``) the fused kernel draws each step's Gaussian in registers from a
             Philox key (a different stream from the unfused path's); with a Brownian path it reads the path's
             increments, so fused and unfused results agree to rounding.
+        sample_offset: the global index of ``x_T``'s first sample, for a batch that is one shard of a larger one
+            (`sdekit.distributed`). The sampler's noise is then drawn per sample from (a seed drawn once from
+            ``generator``, the global index): [`IndexedNoise`][sdekit.brownian.IndexedNoise], or a
+            [`BrownianPath`][sdekit.brownian.BrownianPath] with ``sample_offset`` for solvers that need the Lévy
+            area. Sampling rows ``[a, b)`` with ``sample_offset=a`` then gives rows ``a..b`` of one call over
+            ``[0, n)`` with ``sample_offset=0``, bit for bit (same device and dtype, a generator in the same state,
+            a model whose output for a sample does not depend on the rest of the batch), whatever the split. Draw
+            ``x_T`` the same way: ``model.process.prior_sample((b - a, *shape), generator=g, sample_offset=a)``.
+            Requires ``generator``. Fixed grids only give this guarantee: an adaptive solve picks its steps from
+            the whole batch's error. None (the default): the noise is drawn for the whole batch from
+            ``generator``, as before (results for a given generator are unchanged).
         options: sampler options (``eta``, ``order``...), controller options (above), and ``cond``: a dict of
             keyword arguments passed to every model call (e.g. ``cond={"y": labels}`` for class labels).
 
@@ -99,6 +111,13 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
         if not isinstance(s, DiffusionSampler):
             raise ValueError(f"fused steps apply to diffusion samplers, not {s.name!r}")
         s = s.with_fused(fused)
+    sample_offset = check_sample_offset(sample_offset)
+    if sample_offset is not None and generator is None:
+        raise ValueError("sample_offset needs a generator, seeded the same in every process (each process would "
+                         "otherwise draw its own noise)")
+    if sample_offset is not None and brownian is not None and getattr(brownian, "sample_offset", None) != sample_offset:
+        raise ValueError(f"sample_offset={sample_offset} was given with a Brownian path whose sample_offset is "
+                         f"{getattr(brownian, 'sample_offset', None)}: create the path with the same sample_offset")
     if generator is None:
         generator = torch.Generator(device=x_T.device).manual_seed(int.from_bytes(os.urandom(7), "little"))
     if grid is not None:
@@ -114,11 +133,15 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
     else:
         if ctrl_opts:
             raise TypeError(f"options {sorted(ctrl_opts)} apply only to adaptive solvers, not {s.name!r}")
-        if stochastic and brownian is None and s.needs_levy_area:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        if stochastic and brownian is None and (s.needs_levy_area or sample_offset is not None):
+            seed = seed_from(generator)
             shape = problem.brownian_shape(tuple(x_T.shape))
-            brownian = BrownianPath(float(ts[-1]), float(ts[0]), shape, seed=seed, dtype=x_T.dtype,
-                                    device=x_T.device, levy_area=True, grid=ts)
+            if s.needs_levy_area:
+                brownian = BrownianPath(float(ts[-1]), float(ts[0]), shape, seed=seed, dtype=x_T.dtype,
+                                        device=x_T.device, levy_area=True, grid=ts, sample_offset=sample_offset)
+            else:
+                brownian = IndexedNoise(shape, seed=seed, sample_offset=sample_offset, dtype=x_T.dtype,
+                                        device=x_T.device)
         sol = solve(problem, x_T, s, ts=ts, save_at="steps" if return_trajectory else None,
                     brownian=brownian, generator=None if (brownian is not None or not stochastic) else generator,
                     progress=progress)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._utils import time_like
-from .brownian import BrownianPath, FreshNoise, StepNoise, VirtualBrownianTree
+from .brownian import BrownianPath, FreshNoise, IndexedNoise, StepNoise, VirtualBrownianTree
 from .controllers import MAX_STEPS, FixedGrid, PIController
 from .sde import ODE, SDE
 from .solvers import Solver, Step
@@ -63,6 +63,8 @@ def _noise_source(problem, solver: Solver, x0, brownian, generator, t_first, t_l
         if lo < brownian.t0 - 1e-12 * abs(hi - lo) or hi > brownian.t1 + 1e-12 * abs(hi - lo):
             raise ValueError(f"the solve interval [{lo:g}, {hi:g}] is outside the Brownian path's "
                              f"[{brownian.t0:g}, {brownian.t1:g}]")
+    elif isinstance(brownian, IndexedNoise) and brownian.shape != tuple(shape):
+        raise ValueError(f"the noise shape {brownian.shape} does not match the solve's {tuple(shape)}")
     return brownian
 
 

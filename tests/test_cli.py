@@ -65,7 +65,10 @@ def test_kill_and_resume(tmp_path):
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rec_dir = tmp_path / "records"
     deadline = time.time() + 300
-    while time.time() < deadline and (not rec_dir.exists() or len(list(rec_dir.glob("*.json"))) < 3):
+    def finished():  # a record being written is a .tmp-*.json file until its rename: not finished
+        return [p for p in rec_dir.glob("*.json") if not p.name.startswith(".")] if rec_dir.exists() else []
+
+    while time.time() < deadline and len(finished()) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

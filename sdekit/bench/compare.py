@@ -15,6 +15,14 @@
 
 Each finished configuration is written as its own JSON record (write to a temporary file, then rename), so a
 killed run resumes with ``resume=True`` and recomputes nothing that finished.
+
+Under ``torchrun`` (a process group from [`sdekit.distributed.init`][sdekit.distributed.init]; every rank calls
+``run_comparison`` with the same arguments) each rank draws, samples and solves the reference for its own
+contiguous shard of the samples, and rank 0 gathers them and computes and writes everything, in the order of a
+single-process run: the records are the same for any number of processes, bit for bit on the CPU in float64.
+That holds because ``x_T`` and the samplers' noise are drawn per sample from the sample's global index
+(``sample_offset``, `sdekit.brownian.indexed_draw`), and the adaptive reference solve runs on fixed blocks of
+`REFERENCE_BLOCK` samples (its step sizes depend on the samples solved together) that no shard splits.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import distributed
 from ..analytic import reference_solve
+from ..brownian import SAMPLE_BLOCK
 from ..reverse import probability_flow
 from ..sampling import sample
 from ..solvers import REGISTRY, DiffusionSampler
@@ -79,6 +89,12 @@ def expand_solvers(spec: Sequence[str]) -> list[str]:
     return out
 
 
+#: samples per block of the float64 reference solve: each block is one adaptive DOP853 solve (its steps depend on
+#: the samples in it), and a sharded run splits the samples between processes in whole blocks, so that the
+#: reference does not depend on the number of processes. Part of what determines the results (``sharding``).
+REFERENCE_BLOCK = 128
+
+
 def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
@@ -122,6 +138,10 @@ class ComparisonConfig:
     #: ``"solver:steps" -> t`` (continuous, decreasing): configurations that run on this grid instead of
     #: ``spacing`` (``sdekit compare --grid FILE``)
     grids: dict = field(default_factory=dict)
+    #: how the randomness and the reference are laid out over the samples (a changed layout gives other
+    #: results, so it is part of the key): per-sample noise in blocks of ``SAMPLE_BLOCK`` global indices, the
+    #: reference in blocks of ``REFERENCE_BLOCK`` samples
+    sharding: str = f"per-sample noise in blocks of {SAMPLE_BLOCK}; reference in blocks of {REFERENCE_BLOCK}"
 
     def key(self) -> str:
         """A short hash of the settings that determine the reference and the samples (not solvers or budgets)."""
@@ -181,12 +201,12 @@ class _ReferenceProgress:
     """A tqdm bar over the reference solve: share of the interval reached by accepted steps, NFE, evaluation
     rate, ETA. Called once per drift evaluation (`evaluated`) and once per accepted step (``__call__``)."""
 
-    def __init__(self, t_start: float, t_end: float, enabled: bool):
+    def __init__(self, t_start: float, t_end: float, enabled: bool, desc: str = "reference"):
         self.t_start, self.span, self.nfe, self.bar = t_start, abs(t_end - t_start), 0, None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=1000, desc="reference", unit="‰", dynamic_ncols=True, leave=False,
+            self.bar = tqdm(total=1000, desc=desc, unit="‰", dynamic_ncols=True, leave=False,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
         self._done = 0
         self._start = time.perf_counter()
@@ -215,18 +235,18 @@ def _stderr(message: str) -> None:
 
 def reference_endpoint(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, cache: str | None,
                        stats: dict | None = None, method: str = "DOP853", progress: bool = False,
-                       log: Callable[[str], None] = _stderr):
+                       log: Callable[[str], None] = _stderr, desc: str = "reference"):
     """Float64 solve (scipy DOP853 by default) of the PF-ODE from ``x_T``, cached as .npy under ``cache``.
 
     A cache that cannot be read, has another shape or holds NaN/Inf is recomputed. ``stats``, when given,
-    receives ``nfe`` (drift evaluations of the solve; not set on a cache hit).
+    receives ``nfe`` (drift evaluations of the solve; not set on a cache hit). ``desc`` labels the progress bar.
     """
     if cache is not None and os.path.exists(cache):
         cached = _load_reference(cache, tuple(x_T.shape), log=log)
         if cached is not None:
             return cached
     ode = probability_flow(model.process, model)
-    bar = _ReferenceProgress(t_start, t_end, progress)
+    bar = _ReferenceProgress(t_start, t_end, progress, desc)
 
     def drift(t, x):
         bar.evaluated()
@@ -272,59 +292,111 @@ def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None
     return torch.from_numpy(arr)
 
 
-def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) -> tuple[torch.Tensor, dict]:
-    """The reference end points and their record (method, tolerance, NFE, cost, the check against a looser solve).
+def _blocked_reference(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, method: str,
+                       progress: bool, log) -> tuple[torch.Tensor, int]:
+    """The reference end points of this rank's samples (whose first global index is a multiple of
+    `REFERENCE_BLOCK`: a shard holds whole blocks), one adaptive solve per block, and their total NFE."""
+    parts, nfe = [], 0
+    n_blocks = -(-x_T.shape[0] // REFERENCE_BLOCK)
+    for k in range(n_blocks):
+        stats: dict = {}
+        desc = "reference" if n_blocks == 1 else f"reference {k + 1}/{n_blocks}"
+        parts.append(reference_endpoint(model, x_T[k * REFERENCE_BLOCK:(k + 1) * REFERENCE_BLOCK], t_start, t_end,
+                                        rtol=rtol, cache=None, stats=stats, method=method, progress=progress,
+                                        log=log, desc=desc))
+        nfe += stats["nfe"]
+    return torch.cat(parts), nfe
 
-    Cached in ``out_dir`` under the configuration key, which covers the model's fingerprint (weights, outputs),
-    the samples, seed, process times, dtype, method and tolerance: a later run of the same configuration reuses
-    it, a changed model never does. A cached file is validated (readable, shape, finite) before it is used.
+
+def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) -> tuple[torch.Tensor | None, dict]:
+    """The reference end points (on rank 0; None on the other ranks) and their record (method, tolerance, NFE,
+    cost, the check against a looser solve), on every rank.
+
+    ``x_T`` holds this rank's shard of the samples (whole blocks). Cached in ``out_dir`` (by rank 0) under the
+    configuration key, which covers the model's fingerprint (weights, outputs), the samples, seed, process
+    times, dtype, method and tolerance: a later run of the same configuration reuses it, a changed model never
+    does. A cached file is validated (readable, shape, finite) before it is used. Every block of
+    `REFERENCE_BLOCK` samples is solved on its own, so the end points do not depend on the number of ranks.
     """
     key = cfg.key()
     cache = os.path.join(out_dir, f"reference-{key}.npy")
     info_path = os.path.join(out_dir, f"reference-{key}.json")
-    reuse_unrecorded = resume  # a killed run may have left the end points without their record
-    if os.path.exists(cache) and os.path.exists(info_path):
-        info = _read_json(info_path, dict, log)
-        ok = info is not None and (info.get("check_rmse") is not None or not cfg.reference_check)
-        if ok:
-            ref = _load_reference(cache, tuple(x_T.shape), info.get("sha256", ""), log=log)
+    shape = (cfg.samples, *x_T.shape[1:])
+    held: dict = {}  # rank 0's arrays (never broadcast)
+
+    def look():
+        """What rank 0 has on disk: a recorded reference (its info), end points without a record, or nothing."""
+        reuse_unrecorded = resume  # a killed run may have left the end points without their record
+        if os.path.exists(cache) and os.path.exists(info_path):
+            info = _read_json(info_path, dict, log)
+            ok = info is not None and (info.get("check_rmse") is not None or not cfg.reference_check)
+            if ok:
+                ref = _load_reference(cache, shape, info.get("sha256", ""), log=log)
+                if ref is not None:
+                    held["ref"] = ref
+                    return "recorded", info
+                reuse_unrecorded = False  # recorded but damaged: never reused
+        if reuse_unrecorded and os.path.exists(cache):
+            ref = _load_reference(cache, shape, log=log)
             if ref is not None:
-                return ref, info
-            reuse_unrecorded = False  # recorded but damaged: never reused
+                held["ref"] = ref
+                return "unrecorded", None
+        return None, None
+
+    found, info = distributed.on_main(look)
+    if found == "recorded":
+        return held.get("ref"), info
     info = {"method": f"scipy {cfg.reference_method}, float64", "rtol": cfg.reference_rtol,
             "atol": cfg.reference_rtol}
     log(f"reference: float64 {cfg.reference_method} PF-ODE solve of {cfg.samples} samples "
         f"(rtol = atol = {cfg.reference_rtol:g}) ...")
-    stats: dict = {}
     t0 = time.perf_counter()
-    ref = reference_endpoint(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
-                             cache=cache if reuse_unrecorded else None, stats=stats, method=cfg.reference_method,
-                             progress=progress, log=log)
-    _save_npy(cache, ref.numpy())
-    info["sha256"] = _digest(ref.numpy())
-    info["nfe"], info["wall_s"] = stats.get("nfe"), time.perf_counter() - t0
-    if info["nfe"] is not None:
-        log(f"reference: {info['nfe']} NFE in {info['wall_s']:.1f} s")
+    nfe = None
+    if found == "unrecorded":
+        ref = held.get("ref")  # rank 0's; the other ranks need none
+    else:
+        local, local_nfe = _blocked_reference(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
+                                              method=cfg.reference_method, progress=progress, log=log)
+        ref = distributed.gather(local)
+        counts = distributed.gather_objects(local_nfe)
+        nfe = None if counts is None else sum(counts)
+
+    def record_main():
+        _save_npy(cache, ref.numpy())
+        info["sha256"] = _digest(ref.numpy())
+        info["nfe"], info["wall_s"] = nfe, time.perf_counter() - t0
+        if info["nfe"] is not None:
+            log(f"reference: {info['nfe']} NFE in {info['wall_s']:.1f} s")
+
+    distributed.on_main(record_main)
     if cfg.reference_check:
         loose = 100 * cfg.reference_rtol
         log(f"reference check: the same solve at rtol = atol = {loose:g} ...")
-        stats = {}
         t1 = time.perf_counter()
-        other = reference_endpoint(model, x_T, t_start, t_end, rtol=loose, cache=None, stats=stats,
-                                   method=cfg.reference_method, progress=progress)
-        info.update({"check_rtol": loose, "check_nfe": stats.get("nfe"), "check_rmse": rmse(other, ref),
-                     "check_wall_s": time.perf_counter() - t1})
-    if info["nfe"] is not None and info["nfe"] > ROUGH_REFERENCE_NFE:
-        hint = (f"the reference needed {info['nfe']} NFE: this PF-ODE is rough in t (a network's time features "
-                f"can do this; see the README's time-embedding finding)")
-        if info.get("check_rmse") is not None:
-            hint += (f". The check at {info['check_rtol']:g} cost {info['check_nfe']} NFE and differs by "
-                     f"{info['check_rmse']:.1e} RMSE: if that is far below the sampler errors, "
-                     f"--reference-rtol {info['check_rtol']:g} is enough")
-        info["hint"] = hint
-        log(f"note: {hint}")
-    _atomic_write(info_path, json.dumps(info, indent=1))
-    return ref, info
+        local, local_nfe = _blocked_reference(model, x_T, t_start, t_end, rtol=loose,
+                                              method=cfg.reference_method, progress=progress, log=log)
+        other = distributed.gather(local)
+        counts = distributed.gather_objects(local_nfe)
+        if other is not None:
+            info.update({"check_rtol": loose, "check_nfe": sum(counts), "check_rmse": rmse(other, ref),
+                         "check_wall_s": time.perf_counter() - t1})
+
+    def finish_main():
+        if info["nfe"] is not None and info["nfe"] > ROUGH_REFERENCE_NFE * -(-cfg.samples // REFERENCE_BLOCK):
+            blocks = -(-cfg.samples // REFERENCE_BLOCK)
+            per = f" ({info['nfe'] / blocks:.0f} per block of {REFERENCE_BLOCK} samples)" if blocks > 1 else ""
+            hint = (f"the reference needed {info['nfe']} NFE{per}: this PF-ODE is rough in t (a network's time "
+                    f"features can do this; see the README's time-embedding finding)")
+            if info.get("check_rmse") is not None:
+                hint += (f". The check at {info['check_rtol']:g} cost {info['check_nfe']} NFE and differs by "
+                         f"{info['check_rmse']:.1e} RMSE: if that is far below the sampler errors, "
+                         f"--reference-rtol {info['check_rtol']:g} is enough")
+            info["hint"] = hint
+            log(f"note: {hint}")
+        _atomic_write(info_path, json.dumps(info, indent=1))
+        return info
+
+    return (ref if distributed.current().is_main else None), distributed.on_main(finish_main)
 
 
 #: keys (and types) every comparison record has; a record on disk without them is recomputed on --resume
@@ -410,9 +482,18 @@ def run_comparison(model, cfg: ComparisonConfig, out_dir: str, *, resume: bool =
     ``min(cfg.samples, len(data))`` points are used, against as many samples). Runs without gradients: a
     network whose parameters require gradients (the PyTorch default) is fine. A budget smaller than a solver's
     one step is skipped (and listed in ``results.json``), never exceeded.
+
+    In a process group ([`sdekit.distributed.init`][sdekit.distributed.init]) every rank must call it with the
+    same arguments (checked at the start: a ValueError names what differs); the samples are split in shards of
+    whole `REFERENCE_BLOCK` blocks, rank 0 alone reads and writes ``out_dir`` and logs, and every rank returns
+    the same records, equal to those of a single-process run.
     """
     with torch.no_grad():
         return _run_comparison(model, cfg, out_dir, resume, progress, log, data)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0 (rank 0 speaks for the run)."""
 
 
 def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[dict]:
@@ -421,26 +502,40 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
     shape = getattr(model, "sample_shape", None)
     if shape is None:
         raise ValueError("the model needs a sample_shape (the shape of one sample) for comparisons")
-    check_out_dir(out_dir)
+    main = distributed.current().is_main
+    if not main:
+        log, progress = _quiet, False
+    distributed.on_main(lambda: check_out_dir(out_dir))
     if not cfg.model_fingerprint:
         cfg.model_fingerprint = model_fingerprint(model, tuple(shape))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_T = process.prior_sample((cfg.samples, *shape), generator=gen, dtype=torch.float64)
+    distributed.check_same_config({"config": vars(cfg), "resume": resume})  # the model, via its fingerprint
+    part = distributed.shard(cfg.samples, block=REFERENCE_BLOCK)
+    first = part.start
+    x_T = process.prior_sample((len(part), *shape), generator=torch.Generator().manual_seed(cfg.seed),
+                               dtype=torch.float64, sample_offset=first)
     t_start = float(process.t_max)
     t_end = float(process.t_min if cfg.t_end is None else cfg.t_end)
     check_grids(cfg.grids, t_start, t_end)  # before the reference solve
     rec_dir = os.path.join(out_dir, "records")
-    if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
-        for name in os.listdir(rec_dir):
-            if name.startswith(".tmp-"):
-                os.unlink(os.path.join(rec_dir, name))
+
+    def clean_records():
+        if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
+            for name in os.listdir(rec_dir):
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(rec_dir, name))
+
+    distributed.on_main(clean_records)
     need_ref = any(_kind(s) == "deterministic" for s in cfg.solvers)
     ref, ref_info = None, None
     if need_ref:
         ref, ref_info = _reference(_reference_model(model), cfg, x_T, t_start, t_end, out_dir, resume, log, progress)
     mixture = getattr(model, "mixture", None)
     exact, floor, n_dist = None, None, cfg.samples
-    if mixture is not None:
+    if mixture is None and data is not None:
+        data = torch.as_tensor(data).double().cpu()
+        if tuple(data.shape[1:]) != tuple(shape):
+            raise ValueError(f"data must hold samples of shape {tuple(shape)}, got {tuple(data.shape)}")
+    if mixture is not None and main:  # the distances are computed by rank 0 alone
         marginal = mixture.marginal(process, t_end)
         exact = marginal.sample(cfg.samples, generator=torch.Generator().manual_seed(cfg.seed + 10_000),
                                 dtype=torch.float64)
@@ -448,10 +543,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
                                 dtype=torch.float64)
         floor = sliced_wasserstein2(other, exact, generator=torch.Generator().manual_seed(cfg.seed + 2))
         distance_to = "exact samples of the data noised to t_end"
-    elif data is not None:
-        data = torch.as_tensor(data).double().cpu()
-        if tuple(data.shape[1:]) != tuple(shape):
-            raise ValueError(f"data must hold samples of shape {tuple(shape)}, got {tuple(data.shape)}")
+    elif mixture is None and data is not None and main:
         n_dist = min(cfg.samples, data.shape[0])
         exact = data[:n_dist]
         if data.shape[0] >= 2 * n_dist:
@@ -467,46 +559,61 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
                 log(f"skipped: {s_name} at a budget of {n} NFE (one step takes {min_nfe(s_name)})")
             else:
                 jobs.append((s_name, n))
+
+    def finished():
+        """The records rank 0 finds on disk for --resume (and why the others cannot be used)."""
+        found = {}
+        for solver_name, nfe in jobs:
+            path = _record_path(out_dir, cfg, solver_name, nfe)
+            if resume and os.path.exists(path):
+                rec = _read_json(path, dict, log)
+                why = None if rec is None else _valid_record(rec, solver_name, nfe, cfg.key())
+                if rec is not None and why is None:
+                    found[(solver_name, nfe)] = rec
+                elif why is not None:
+                    log(f"sdekit: the record {path} cannot be used ({why}); recomputing it")
+        return found
+
+    done = distributed.on_main(finished)
     records = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc="compare", unit="config", dynamic_ncols=True)
+    world = distributed.current().world_size
     for solver_name, nfe in jobs:
         path = _record_path(out_dir, cfg, solver_name, nfe)
         if bar is not None:
             bar.set_postfix_str(f"{solver_name} @ {nfe} NFE")
-        if resume and os.path.exists(path):
-            rec = _read_json(path, dict, log)
-            why = None if rec is None else _valid_record(rec, solver_name, nfe, cfg.key())
-            if rec is not None and why is None:
-                records.append(rec)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if why is not None:
-                log(f"sdekit: the record {path} cannot be used ({why}); recomputing it")
+        if (solver_name, nfe) in done:
+            records.append(done[(solver_name, nfe)])
+            if bar is not None:
+                bar.update(1)
+            continue
         steps = steps_for_budget(solver_name, nfe)
         x = x_T.to(device=cfg.device, dtype=dtype)
         t0 = time.perf_counter()
         grid_t = cfg.grids.get(f"{solver_name}:{steps}")
+        # per-sample noise from the samples' global indices: the same for every split of the samples
+        gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
         if grid_t is not None:
             from .grid_opt import _model_grid
 
             grid = _model_grid(model, torch.tensor(grid_t, dtype=torch.float64))
-            sol = sample(model, x, solver_name, grid=grid,
-                         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
+            sol = sample(model, x, solver_name, grid=grid, generator=gen, sample_offset=first)
         else:
-            sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end,
-                         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1))
+            sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end, generator=gen,
+                         sample_offset=first)
+        out = distributed.gather(sol.x.double().cpu())
         wall = time.perf_counter() - t0
-        out = sol.x.double().cpu()
+        if not main:
+            continue
         rec = {"solver": solver_name, "kind": _kind(solver_name), "nfe_budget": nfe, "steps": steps,
                "nfe": int(sol.stats["nfe"]), "wall_s": wall,
                "spacing": "grid file" if grid_t is not None else cfg.spacing, "samples": cfg.samples,
                "seed": cfg.seed, "t_end": t_end, "model": cfg.model_name, "config_key": cfg.key(),
-               "finite": bool(torch.isfinite(out).all())}
+               "finite": bool(torch.isfinite(out).all()), "processes": world}
         if ref is not None and rec["kind"] == "deterministic":
             rec["rmse_vs_reference"] = rmse(out, ref)
             per = per_sample_rms(out, ref)
@@ -525,14 +632,18 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
             bar.update(1)
     if bar is not None:
         bar.close()
-    distance = None
-    if exact is not None:
-        distance = {"to": distance_to, "samples": n_dist, "floor": None if floor is None else floor[0],
-                    "floor_stderr": None if floor is None else floor[1]}
-    summary = {"config": vars(cfg), "reference": ref_info, "distance": distance, "records": records,
-               "skipped": skipped}
-    _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
-    return records
+
+    def summarise():
+        distance = None
+        if exact is not None:
+            distance = {"to": distance_to, "samples": n_dist, "floor": None if floor is None else floor[0],
+                        "floor_stderr": None if floor is None else floor[1]}
+        summary = {"config": vars(cfg), "reference": ref_info, "distance": distance, "records": records,
+                   "skipped": skipped}
+        _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
+        return records
+
+    return distributed.on_main(summarise)
 
 
 def table(records: list[dict], metric: str) -> str:

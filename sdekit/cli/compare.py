@@ -1,4 +1,9 @@
-"""``sdekit compare``: a solver comparison on a score model (tables, JSON records, plots)."""
+"""``sdekit compare``: a solver comparison on a score model (tables, JSON records, plots).
+
+Under ``torchrun`` (``torchrun --nproc_per_node=N -m sdekit compare ...``) every process takes a shard of the
+samples and rank 0 prints, plots and writes the records, which are the same as a single-process run's
+(`sdekit.bench.compare.run_comparison`; docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, distributed
 from .common import (
     MAX_NFE,
     REFERENCE_RTOL_ANALYTIC,
@@ -59,14 +64,21 @@ def cmd_compare(args) -> int:
 
         if args.model in zoo.RECIPES:
             data = zoo.heldout(args.model)[0]
-    records = run_comparison(model, cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                             log=lambda m: print(m, file=sys.stderr), data=data)
+    info = distributed.init(args.device)  # a no-op unless launched by torchrun
+    try:
+        records = run_comparison(model, cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                                 log=lambda m: print(m, file=sys.stderr), data=data)
+    finally:
+        distributed.shutdown()
+    if not info.is_main:
+        return 0  # rank 0 reports
     with open(os.path.join(args.out, "results.json")) as f:
         summary = json.load(f)
     det = [r for r in records if r.get("rmse_vs_reference") is not None]
     on_file = f" (grid file {grid_file} for {', '.join(sorted(grids))})" if grids else ""
-    print(f"sdekit {__version__} compare: {name}, {args.samples} samples, spacing {args.spacing}{on_file}, seed "
-          f"{args.seed}; columns are NFE budgets")
+    procs = f" ({info.world_size} processes)" if info.world_size > 1 else ""
+    print(f"sdekit {__version__} compare: {name}, {args.samples} samples{procs}, spacing {args.spacing}{on_file}, "
+          f"seed {args.seed}; columns are NFE budgets")
     if det:
         print("\nRMSE vs a float64 DOP853 reference solve of the PF-ODE from the same x_T "
               "(sqrt of the mean over samples and coordinates of the squared difference):")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import consistency, diffusion, ode, sde  # noqa: F401  (their classes register themselves)
+from . import consistency, diffusion, langevin, ode, sde  # noqa: F401  (their classes register themselves)
 from .base import REGISTRY, Solver, Step, register
 from .diffusion import DiffusionSampler
 from .ode import ExplicitRK, Tableau
