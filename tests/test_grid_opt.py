@@ -95,7 +95,8 @@ def test_grid_files_round_trip_through_the_commands(tmp_path, capsys):
     assert recs[4]["spacing"] == "grid file" and recs[8]["spacing"] == "log_snr"
     p = sdekit.VP()
     m = GaussianMixture.preset("ring2d").model(p)
-    x_T = p.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # compare draws x_T per global sample index (the sharded draw, sdekit.distributed)
+    x_T = p.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64, sample_offset=0)
     ref = sdekit.analytic.reference_solve(sdekit.probability_flow(p, m), x_T, p.t_max, p.t_min, rtol=1e-10,
                                           atol=1e-10)
     direct = sdekit.sample(m, x_T, "unipc", grid=torch.tensor(entry["t"], dtype=torch.float64)).x
