@@ -3,10 +3,12 @@
     python scripts/train_zoo.py moons-vp-eps            # writes sdekit/zoo/moons-vp-eps.{safetensors,json}
     python scripts/train_zoo.py --all --out /tmp/zoo     # every recipe, elsewhere
     python scripts/train_zoo.py digits-vp-eps --steps 50 --out /tmp/zoo   # a smoke run
+    python scripts/train_zoo.py digits-latent-vp-eps   # autoencoder, then a score network on its latents
 
 Training state (weights, EMA, optimiser, RNG, step) is saved every ``checkpoint_every`` steps to
 ``runs/zoo/NAME.pt``; running the same command again resumes from it (``--fresh`` starts over). The shipped
-files are safetensors plus a JSON sidecar with the settings, final loss and wall time.
+files are safetensors plus a JSON sidecar with the settings, final loss and wall time (a latent model adds
+``NAME.autoencoder.safetensors``; its autoencoder is retrained, in about half a minute, on every run).
 """
 
 from __future__ import annotations

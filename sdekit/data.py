@@ -78,27 +78,36 @@ def heldout(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Held-out data of a shipped model, in model space: ``(data, labels or None)``.
 
     ``digits-vp-eps``: the 297 test digits (never trained on) with their labels; ``moons-vp-eps``: 4,096
-    fresh points of the training distribution (seed 1; the training set is seed 0).
+    fresh points of the training distribution (seed 1; the training set is seed 0);
+    ``digits-latent-vp-eps``: the 297 test digits encoded by the model's autoencoder, ``(297, 12)`` latents (its
+    model space; ``zoo.load(name).decode(data)`` shows them as images), with their labels.
     """
     from .training import RECIPES, recipe_data
 
     if name not in RECIPES:
         raise ValueError(f"no held-out data for {name!r}: known zoo recipes {', '.join(sorted(RECIPES))}")
     recipe = RECIPES[name]
-    data, _ = recipe_data(recipe, eval_split=True)
+    autoencoder = None
+    if recipe.autoencoder is not None:
+        from .zoo import load
+
+        autoencoder = load(name).autoencoder
+    data, _ = recipe_data(recipe, eval_split=True, autoencoder=autoencoder)
     labels = None
     if recipe.data["name"] == "digits":
-        data, labels = digits("test")
+        labels = digits("test")[1]
     return data, labels
 
 
 def quantization(name: str) -> dict | None:
     """``{"levels", "scale", "offset"}`` of a shipped model's quantized data (see `QUANTIZATION`), or
-    ``None`` for continuous data such as two moons."""
+    ``None`` for continuous data such as two moons, and for a latent model (its latents are not quantized)."""
     from .training import RECIPES
 
     if name not in RECIPES:
         raise ValueError(f"unknown zoo recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    if RECIPES[name].autoencoder is not None:
+        return None
     q = QUANTIZATION.get(RECIPES[name].data["name"])
     return None if q is None else dict(q)
 

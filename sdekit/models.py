@@ -14,6 +14,9 @@ A network ``net(x, t_in, **cond)`` predicts one of (``shared/CONVENTIONS.md``; a
 The network's time input follows ``time_input``: ``"t"`` (continuous time), ``"index"`` (a discrete DDPM
 index ``N t - 1``, fractional where the sampler asks for a time between grid points), ``"sigma"``,
 ``"log_sigma"`` or ``"log_snr"``. It always receives a per-sample ``(B,)`` tensor in ``x``'s dtype.
+
+`LatentScoreModel` is a ``ScoreModel`` over an autoencoder's latent space (latent diffusion, Rombach et al.
+2022): it samples latents like any model and adds ``encode``/``decode``.
 """
 
 from __future__ import annotations
@@ -166,6 +169,76 @@ class ScoreModel:
 
     def __repr__(self):
         return f"ScoreModel(prediction={self.prediction!r}, time_input={self.time_input!r}, process={self.process!r})"
+
+
+class LatentScoreModel(ScoreModel):
+    """A `ScoreModel` over the latent space of an autoencoder: latent diffusion (Rombach et al. 2022).
+
+    Every solver and sampler sees an ordinary model on latents of shape ``sample_shape`` (distances such as
+    the RMSE of ``sdekit compare`` are in latent space); ``decode(z)`` maps sampled latents to data and
+    ``encode(x)`` data to latents (e.g. for held-out data or inversion).
+
+    Args:
+        net, process, prediction, time_input: as for `ScoreModel`, with ``net`` trained on latents.
+        autoencoder: an object with ``encode(x)`` and ``decode(z)`` (e.g. [`sdekit.nets.Autoencoder`][]); an
+            ``nn.Module`` runs in its own dtype and returns the caller's.
+        sample_shape: the shape of one latent; defaults to ``autoencoder.latent_shape`` when it has one
+            (and must equal it).
+    """
+
+    def __init__(self, net: Callable, process: DiffusionProcess, prediction: str = "eps", time_input: str = "t", *,
+                 autoencoder, sample_shape: tuple[int, ...] | None = None):
+        for method in ("encode", "decode"):
+            if not callable(getattr(autoencoder, method, None)):
+                raise TypeError(f"autoencoder must have encode(x) and decode(z) methods; {type(autoencoder).__name__} "
+                                f"has no {method}")
+        latent_shape = getattr(autoencoder, "latent_shape", None)
+        if sample_shape is None:
+            sample_shape = latent_shape
+        super().__init__(net, process, prediction, time_input, sample_shape=sample_shape)
+        if latent_shape is not None and self.sample_shape != tuple(latent_shape):
+            raise ValueError(f"sample_shape {self.sample_shape} differs from the autoencoder's latent shape "
+                             f"{tuple(latent_shape)}")
+        self.autoencoder = autoencoder
+
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        """The shape of one decoded sample (the autoencoder's ``image_shape``), or None if it does not say."""
+        shape = getattr(self.autoencoder, "image_shape", None)
+        return None if shape is None else tuple(shape)
+
+    def _run(self, method: str, value: torch.Tensor) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{method} expects a tensor, got {type(value).__name__}")
+        module = self.autoencoder
+        if isinstance(module, torch.nn.Module):
+            p = next(module.parameters(), None)
+            if p is not None and p.is_floating_point():
+                return getattr(module, method)(value.to(device=p.device, dtype=p.dtype)).to(value)
+        return getattr(module, method)(value)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data ``(B, *data_shape)`` to latents ``(B, *sample_shape)``, in ``x``'s dtype and device."""
+        return self._run("encode", x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, *sample_shape)`` (e.g. samples) to data ``(B, *data_shape)``, in ``z``'s dtype and
+        device."""
+        return self._run("decode", z)
+
+    def to(self, dtype: torch.dtype | None = None, device=None) -> LatentScoreModel:
+        """A copy whose network and autoencoder (when they are ``nn.Module``s) are copies moved to
+        ``dtype``/``device``; the original is unchanged."""
+        import copy
+
+        other = super().to(dtype=dtype, device=device)
+        if isinstance(self.autoencoder, torch.nn.Module):
+            other.autoencoder = copy.deepcopy(self.autoencoder).to(dtype=dtype, device=device)
+        return other
+
+    def __repr__(self):
+        return (f"LatentScoreModel(prediction={self.prediction!r}, time_input={self.time_input!r}, "
+                f"process={self.process!r}, sample_shape={self.sample_shape})")
 
 
 def _check_sample_shape(sample_shape) -> tuple[int, ...] | None:

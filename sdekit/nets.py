@@ -9,6 +9,9 @@ Both are called as ``net(x, t, y=None)`` -- the convention of [`ScoreModel`][sde
 - `UNet`: ``(B, C, H, W)`` images; residual blocks with GroupNorm and a scale-shift time
   conditioning, self-attention at the chosen resolutions and in the middle, skip connections between the
   down and up paths (the DDPM UNet of Ho et al. 2020 with the scale-shift norm of Nichol & Dhariwal 2021).
+- `Autoencoder`: not a score network but the deterministic image autoencoder of latent diffusion (Rombach et
+  al. 2022): ``encode(x)`` to standardised ``(B, latent_dim)`` latents a score network is trained on,
+  ``decode(z)`` back to images after sampling.
 
 Class conditioning (``num_classes=K``): labels ``0..K-1``; label ``K`` is the *null* class of
 classifier-free guidance (Ho & Salimans 2021), and ``y=None`` means the null class for the whole batch.
@@ -29,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "ARCHITECTURES",
+    "Autoencoder",
     "FourierEmbedding",
     "MLPScoreNet",
     "SinusoidalEmbedding",
@@ -385,13 +389,121 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
+
+# ----------------------------------------------------------------------------------------------------
+# Autoencoder (latent diffusion)
+# ----------------------------------------------------------------------------------------------------
+
+
+class Autoencoder(nn.Module):
+    """Deterministic convolutional autoencoder for small images, the first stage of latent diffusion (Rombach
+    et al. 2022): a score network is trained on ``encode(x)`` and its samples are mapped back by ``decode(z)``.
+
+    Encoder: 3×3 convolution, two stride-2 3×3 convolutions (``H → H/4``), a linear map to ``latent_dim``.
+    Decoder: the mirror image (linear, two stride-2 transposed 4×4 convolutions, 3×3 convolution) ending in
+    ``tanh``, so decoded images lie in (-1, 1) like the data. Activations are SiLU.
+
+    **Latent scaling.** The VP prior is ``N(0, I)``, so the latents should have unit variance. Like the latent
+    scale factor of Rombach et al. (one number, from the standard deviation of training latents), but per
+    coordinate and with a mean: the buffers
+    ``latent_mean`` and ``latent_std`` (set from the training images by `fit_latent_scaling` after training)
+    standardise the encoder's raw output, ``encode(x) = (E(x) - latent_mean)/latent_std``, and ``decode``
+    undoes it, so ``decode(encode(x))`` does not depend on them. They travel with the state dict.
+
+    Args:
+        in_channels: image channels C.
+        image_size: image height and width (a multiple of 4).
+        channels: width of the first level (the second has twice as many).
+        latent_dim: size of the flat latent vector.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 8, channels: int = 32, latent_dim: int = 8):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("image_size", image_size), ("channels", channels),
+                            ("latent_dim", latent_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (two stride-2 levels), got {image_size}")
+        self.config = {"in_channels": in_channels, "image_size": image_size, "channels": channels,
+                       "latent_dim": latent_dim}
+        self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, latent_dim
+        c, inner = channels, image_size // 4
+        self._inner = (2 * c, inner, inner)
+        flat = 2 * c * inner * inner
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, c, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(flat, latent_dim),
+        )
+        self.decoder_in = nn.Sequential(nn.Linear(latent_dim, flat), nn.SiLU())
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * c, 2 * c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, in_channels, 3, padding=1), nn.Tanh(),
+        )
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_std", torch.ones(latent_dim))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape of one image, ``(C, H, W)``."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def latent_shape(self) -> tuple[int]:
+        """The shape of one latent, ``(latent_dim,)``."""
+        return (self.latent_dim,)
+
+    def _check(self, value: torch.Tensor, shape: tuple[int, ...], name: str) -> None:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+        if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != shape:
+            expected = "(B, " + ", ".join(map(str, shape)) + ")"
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+
+    def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output before standardisation, ``(B, latent_dim)``."""
+        self._check(x, self.image_shape, "x")
+        return self.encoder(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` in [-1, 1] to standardised latents ``(B, latent_dim)``."""
+        return (self.encode_raw(x) - self.latent_mean) / self.latent_std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised latents ``(B, latent_dim)`` to images ``(B, C, H, W)`` in (-1, 1)."""
+        self._check(z, self.latent_shape, "z")
+        h = self.decoder_in(z * self.latent_std + self.latent_mean)
+        return self.decoder(h.reshape(z.shape[0], *self._inner))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction ``decode(encode(x))``."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def fit_latent_scaling(self, images: torch.Tensor, batch_size: int = 1024) -> None:
+        """Set ``latent_mean``/``latent_std`` to the per-coordinate mean and standard deviation of the raw
+        latents of ``images`` (the training set), so that their encodings have mean 0 and variance 1."""
+        if images.ndim != 4 or images.shape[0] < 2:
+            raise ValueError(f"images must be (N, C, H, W) with N >= 2, got shape {tuple(images.shape)}")
+        raw = torch.cat([self.encode_raw(chunk) for chunk in images.split(batch_size)]).double()
+        std = raw.std(dim=0)
+        if not bool((std > 0).all()):
+            raise ValueError("a latent coordinate is constant on these images; cannot standardise it")
+        self.latent_mean.copy_(raw.mean(dim=0))
+        self.latent_std.copy_(std)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Registry (classifier-free guidance is sdekit.ClassifierFreeGuidance, a model wrapper)
 # ----------------------------------------------------------------------------------------------------
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet}
-"""The architectures a checkpoint may name: name -> network class (see `build`)."""
+ARCHITECTURES: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet, "Autoencoder": Autoencoder}
+"""The architectures a checkpoint may name: name -> network class (see `build`); the score networks and the
+latent-diffusion `Autoencoder`."""
 
 
 def build(name: str, **kwargs) -> nn.Module:

@@ -25,6 +25,10 @@ label drop; the global RNG is never touched. A checkpoint (``.pt``: weights, EMA
 step, losses) resumes a run exactly where it stopped: an interrupted run continued from its checkpoint ends
 with the same weights as an uninterrupted one.
 
+**Latent diffusion** (Rombach et al. 2022). `train_autoencoder` fits an [`Autoencoder`][sdekit.nets.Autoencoder]
+by reconstruction MSE and standardises its latents; a recipe with an ``autoencoder`` entry trains one first,
+encodes the training images and trains the score network on the latents (``digits-latent-vp-eps``).
+
 **Recipes.** `RECIPES` holds how each shipped checkpoint is made (data, architecture, process, training
 settings) and `train_recipe` trains one and saves it to the zoo. The data sets live in [`sdekit.data`][]
 (`toy_data`, `digits` are re-exported here).
@@ -52,6 +56,7 @@ from .processes import DiffusionProcess, process_from_spec
 __all__ = [
     "DIGITS_TEST_SIZE",
     "RECIPES",
+    "AutoencoderResult",
     "Recipe",
     "TOY_DATASETS",
     "TrainConfig",
@@ -61,6 +66,7 @@ __all__ = [
     "sample_times",
     "toy_data",
     "train",
+    "train_autoencoder",
     "train_recipe",
 ]
 
@@ -320,13 +326,91 @@ def train(net: nn.Module, process: DiffusionProcess, data: torch.Tensor, config:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Autoencoder (the first stage of latent diffusion)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AutoencoderResult:
+    """What `train_autoencoder` returns: the autoencoder (eval mode, latent scaling fitted), the per-step
+    reconstruction losses, the final loss (mean of the last 10% of steps), wall-clock and CPU time."""
+
+    autoencoder: nn.Module
+    losses: list[float]
+    final_loss: float
+    wall_time_s: float
+    cpu_time_s: float
+
+
+def train_autoencoder(autoencoder: nn.Module, images: torch.Tensor, *, steps: int = 2000, batch_size: int = 128,
+                      lr: float = 2e-3, weight_decay: float = 0.0, seed: int = 0,
+                      progress: bool = False) -> AutoencoderResult:
+    """Fit ``autoencoder`` (an [`Autoencoder`][sdekit.nets.Autoencoder]) to ``images`` ``(N, C, H, W)`` by the
+    mean squared reconstruction error, with AdamW and a half-cosine learning-rate decay; then set its latent
+    scaling from ``images`` (``fit_latent_scaling``), so their latents are standardised.
+
+    Minibatches are drawn with replacement from a ``torch.Generator`` seeded by ``seed``; trained in place.
+    """
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("images must be a tensor of shape (N, C, H, W)")
+    device = next(autoencoder.parameters()).device
+    images = images.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(autoencoder.parameters(), lr=lr, weight_decay=weight_decay)
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="autoencoder", dynamic_ncols=True)
+    autoencoder.train()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen).to(device)
+        batch = images[idx]
+        loss = (autoencoder(batch) - batch).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the reconstruction loss became {loss.item()} at step {step}; lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            if (step + 1) % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    if bar is not None:
+        bar.close()
+    autoencoder.eval()
+    autoencoder.fit_latent_scaling(images)
+    tail = losses[-max(1, math.ceil(0.1 * len(losses))):]
+    return AutoencoderResult(autoencoder=autoencoder, losses=losses, final_loss=sum(tail) / len(tail),
+                             wall_time_s=time.perf_counter() - start, cpu_time_s=time.process_time() - cpu_start)
+
+
+@torch.no_grad()
+def _encode(autoencoder, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Latents of ``images`` (no gradients), in the autoencoder's dtype."""
+    dtype = next(autoencoder.parameters()).dtype
+    return torch.cat([autoencoder.encode(chunk.to(dtype)) for chunk in images.split(batch_size)])
+
+
+# ----------------------------------------------------------------------------------------------------
 # Recipes: how the shipped checkpoints are made
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Recipe:
-    """Everything that makes one shipped checkpoint: data, architecture, process, training settings."""
+    """Everything that makes one shipped checkpoint: data, architecture, process, training settings (and, for
+    latent diffusion, the autoencoder)."""
 
     data: dict
     architecture: str
@@ -336,6 +420,9 @@ class Recipe:
     eval_size: int = 4096
     notes: str = ""
     sample_shape: tuple[int, ...] = ()
+    autoencoder: dict | None = None
+    """For latent diffusion: ``{"architecture", "kwargs", "train"}`` of the autoencoder trained first (the
+    ``train`` settings are `train_autoencoder`'s keywords); the score network then trains on its latents."""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -362,15 +449,39 @@ RECIPES: dict[str, Recipe] = {
         notes="scikit-learn 8x8 digits, first 1500 images, class-conditional with a null class; eval: the "
               "297 test images, unconditional",
     ),
+    "digits-latent-vp-eps": Recipe(
+        data={"name": "digits", "split": "train", "scaling": "v/8 - 1", "labels": False, "space": "latent"},
+        architecture="MLPScoreNet",
+        kwargs={"dim": 12, "hidden": 128, "num_blocks": 3, "time_embedding": "sinusoidal", "embed_dim": 64},
+        process={"type": "VP", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3},
+        train={"steps": 6000, "batch_size": 256, "lr": 2e-3, "warmup_steps": 100, "lr_schedule": "cosine",
+               "ema_decay": 0.999, "prediction": "eps", "time_input": "t", "t_min": 1e-5, "seed": 0},
+        sample_shape=(12,),
+        autoencoder={"architecture": "Autoencoder",
+                     "kwargs": {"in_channels": 1, "image_size": 8, "channels": 16, "latent_dim": 12},
+                     "train": {"steps": 2000, "batch_size": 128, "lr": 2e-3, "seed": 0}},
+        notes="latent diffusion: an Autoencoder (12 standardised latents) on the first 1500 scikit-learn 8x8 "
+              "digits, then an unconditional eps MLP on their latents; eval: the 297 test images, encoded",
+    ),
 }
 """How each shipped model of the zoo was trained: name -> `Recipe` (data, architecture, process, training settings)."""
 
 
-def recipe_data(recipe: Recipe, *, eval_split: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The training data of ``recipe`` (or its held-out split): ``(data, labels or None)`` in model space."""
+def recipe_data(recipe: Recipe, *, eval_split: bool = False,
+                autoencoder: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training data of ``recipe`` (or its held-out split): ``(data, labels or None)`` in model space.
+
+    A latent recipe (``recipe.autoencoder`` set) needs the trained ``autoencoder`` (e.g.
+    ``zoo.load(name).autoencoder``): its model space is the latents of the images.
+    """
     spec = recipe.data
     if spec["name"] == "digits":
         images, labels = digits("test" if eval_split else spec["split"])
+        if recipe.autoencoder is not None:
+            if autoencoder is None:
+                raise ValueError("this recipe trains in an autoencoder's latent space: pass autoencoder= (e.g. "
+                                 "zoo.load(name).autoencoder)")
+            images = _encode(autoencoder, images)
         return images, (labels if spec.get("labels") else None)
     seed = spec["seed"] + 1 if eval_split else spec["seed"]
     n = recipe.eval_size if eval_split else spec["n"]
@@ -410,11 +521,14 @@ def train_recipe(name: str, out_dir: str | os.PathLike | None = None, *, steps: 
         torch.manual_seed(config.seed)
         net = build(recipe.architecture, **recipe.kwargs)
     process = process_from_spec(recipe.process)
-    data, labels = recipe_data(recipe)
     started = time.time()
+    autoencoder, ae_record = None, None
+    if recipe.autoencoder is not None:
+        autoencoder, ae_record = _train_recipe_autoencoder(recipe, steps, progress)
+    data, labels = recipe_data(recipe, autoencoder=autoencoder)
     result = train(net, process, data, config, labels=labels, checkpoint_path=checkpoint_path, resume=resume,
                    progress=progress)
-    eval_data, _ = recipe_data(recipe, eval_split=True)
+    eval_data, _ = recipe_data(recipe, eval_split=True, autoencoder=autoencoder)
     record = {
         **asdict(config),
         "final_loss": round(result.final_loss, 6),
@@ -428,9 +542,47 @@ def train_recipe(name: str, out_dir: str | os.PathLike | None = None, *, steps: 
         "python": platform.python_version(),
         "notes": recipe.notes,
     }
+    if ae_record is not None:
+        # the recorded times are the whole pipeline's; the autoencoder's own are in its record
+        record["wall_time_s"] = round(result.wall_time_s + ae_record["wall_time_s"], 1)
+        record["cpu_time_s"] = round(result.cpu_time_s + ae_record["cpu_time_s"], 1)
+        record["score_net_wall_time_s"] = round(result.wall_time_s, 1)
     if not math.isfinite(record["final_loss"]):
         raise FloatingPointError(f"training {name} ended with a non-finite loss")
     out = Path(out_dir) if out_dir is not None else ZOO_DIR
     save(out / name, result.ema, process, prediction=config.prediction, time_input=config.time_input,
-         sample_shape=recipe.sample_shape, name=name, data=recipe.data, training=record)
+         sample_shape=recipe.sample_shape, name=name, data=recipe.data, training=record,
+         autoencoder=autoencoder, autoencoder_training=ae_record)
     return record
+
+
+def _train_recipe_autoencoder(recipe: Recipe, steps: int | None, progress: bool) -> tuple[nn.Module, dict]:
+    """Train the autoencoder of a latent recipe; return it and its record (settings, losses, times).
+
+    ``steps`` (a smoke-test override of the score network's steps) caps the autoencoder's steps too."""
+    spec = recipe.autoencoder
+    settings = dict(spec["train"])
+    if steps is not None:
+        settings["steps"] = min(steps, settings["steps"])
+    with torch.random.fork_rng(devices=[]):  # as for the score network: a fixed, restored global RNG
+        torch.manual_seed(settings.get("seed", 0))
+        autoencoder = build(spec["architecture"], **spec["kwargs"])
+    images, _ = digits(recipe.data["split"])
+    result = train_autoencoder(autoencoder, images, progress=progress, **settings)
+    test_images, _ = digits("test")
+    mean_image = images.mean(dim=0)
+    with torch.no_grad():
+        recon = autoencoder(test_images)
+        latents = _encode(autoencoder, images)
+    record = {
+        **settings,
+        "final_loss": round(result.final_loss, 6),
+        # per-pixel MSE on the held-out test images, and that of the best constant guess (the training mean)
+        "test_reconstruction_mse": round(float((recon - test_images).pow(2).mean()), 6),
+        "test_mean_image_mse": round(float((mean_image - test_images).pow(2).mean()), 6),
+        "train_latent_mean_abs_max": round(float(latents.mean(dim=0).abs().max()), 6),
+        "train_latent_std": [round(float(v), 4) for v in latents.std(dim=0)],
+        "wall_time_s": round(result.wall_time_s, 1),
+        "cpu_time_s": round(result.cpu_time_s, 1),
+    }
+    return autoencoder, record

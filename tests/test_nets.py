@@ -99,8 +99,8 @@ def test_registry_rebuilds_from_config():
         rebuilt = build(type(net).__name__, **net.config)
         shapes = {k: v.shape for k, v in net.state_dict().items()}
         assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
-    assert set(ARCHITECTURES) == {"MLPScoreNet", "UNet"}
-    with pytest.raises(ValueError, match="unknown architecture 'Nope'; known: MLPScoreNet, UNet"):
+    assert set(ARCHITECTURES) == {"MLPScoreNet", "UNet", "Autoencoder"}
+    with pytest.raises(ValueError, match="unknown architecture 'Nope'; known: Autoencoder, MLPScoreNet, UNet"):
         build("Nope")
 
 

@@ -158,7 +158,10 @@ def test_unknown_name_lists_the_known_ones():
 
 def test_every_recipe_is_shipped_and_small():
     assert zoo.available() == sorted(zoo.RECIPES)
-    total = sum((zoo.ZOO_DIR / f"{name}.safetensors").stat().st_size for name in zoo.available())
+    files = [zoo.ZOO_DIR / f"{name}.safetensors" for name in zoo.available()]
+    files += [zoo.ZOO_DIR / f"{name}{zoo.AUTOENCODER_SUFFIX}" for name in zoo.available()
+              if zoo.RECIPES[name].autoencoder is not None]
+    total = sum(f.stat().st_size for f in files)
     assert total < 8 * 2**20
     for name in zoo.available():
         meta = zoo.info(name)
@@ -167,7 +170,7 @@ def test_every_recipe_is_shipped_and_small():
         assert meta["architecture"]["name"] == zoo.RECIPES[name].architecture
 
 
-@pytest.mark.parametrize("name", ["moons-vp-eps", "digits-vp-eps"])
+@pytest.mark.parametrize("name", ["moons-vp-eps", "digits-vp-eps", "digits-latent-vp-eps"])
 def test_shipped_models_load_with_finite_outputs(name):
     model = zoo.load(name)
     assert isinstance(model.process, sdekit.VP) and model.prediction == "eps" and model.time_input == "t"
@@ -178,7 +181,7 @@ def test_shipped_models_load_with_finite_outputs(name):
         assert out.shape == x.shape and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["moons-vp-eps", "digits-vp-eps"])
+@pytest.mark.parametrize("name", ["moons-vp-eps", "digits-vp-eps", "digits-latent-vp-eps"])
 def test_recorded_eval_loss_is_reproduced(name):
     """The sidecar's eval loss is recomputed from the shipped weights: it ties the record to the file.
     The evaluation is deterministic (fixed data, times and noise); 1e-3 relative allows for BLAS differences."""
@@ -187,7 +190,8 @@ def test_recorded_eval_loss_is_reproduced(name):
     from sdekit.training import TrainConfig
 
     config = TrainConfig(**{k: v for k, v in meta["training"].items() if k in TrainConfig.__dataclass_fields__})
-    data, _ = training.recipe_data(zoo.RECIPES[name], eval_split=True)
+    # a latent model's held-out data are the test digits encoded by its shipped autoencoder
+    data, _ = training.recipe_data(zoo.RECIPES[name], eval_split=True, autoencoder=getattr(model, "autoencoder", None))
     loss = training._eval_loss(model.net, model.process, data, config)
     assert loss == pytest.approx(meta["training"]["eval_loss"], rel=1e-3)
 
@@ -249,7 +253,7 @@ def test_heldout_data_and_quantization():
     assert none is None and moons.shape == (4096, 2) and zoo.quantization("moons-vp-eps") is None
     # fresh points, not the training set
     assert not torch.equal(moons[:100], toy_data("moons", 20000, seed=0, noise=0.05)[:100])
-    with pytest.raises(ValueError, match="known zoo recipes digits-vp-eps, moons-vp-eps"):
+    with pytest.raises(ValueError, match="known zoo recipes digits-latent-vp-eps, digits-vp-eps, moons-vp-eps"):
         zoo.heldout("cifar")
 
 

@@ -43,8 +43,11 @@ def cmd_compare(args) -> int:
     if shape is not None:
         check_samples(args.samples, shape)
     scatter_nfe = args.scatter_nfe or sorted(nfe)[len(nfe) // 2]
-    is_points = shape is not None and math.prod(shape) == 2
-    is_image = shape is not None and len(shape) == 3 and shape[0] in (1, 3)
+    # a latent model (sdekit.models.LatentScoreModel) is compared on its latents; its pictures show them decoded
+    decode = getattr(model, "decode", None) if callable(getattr(model, "decode", None)) else None
+    picture_shape = getattr(model, "data_shape", None) if decode is not None else shape
+    is_points = decode is None and shape is not None and math.prod(shape) == 2
+    is_image = picture_shape is not None and len(picture_shape) == 3 and picture_shape[0] in (1, 3)
     analytic = getattr(model, "mixture", None) is not None
     ref_rtol = args.reference_rtol
     if ref_rtol is None:
@@ -64,7 +67,7 @@ def cmd_compare(args) -> int:
 
         if args.model in zoo.RECIPES:
             data = zoo.heldout(args.model)[0]
-    info = distributed.init(args.device)  # a no-op unless launched by torchrun
+    info = distributed.init(args.device, timeout_s=getattr(args, "timeout", distributed.DEFAULT_TIMEOUT_S))
     try:
         records = run_comparison(model, cfg, args.out, resume=args.resume, progress=not args.no_progress,
                                  log=lambda m: print(m, file=sys.stderr), data=data)
@@ -122,6 +125,8 @@ def cmd_compare(args) -> int:
                 p = samples_path(args.out, cfg, s, cfg.scatter_nfe)
                 if os.path.exists(p):
                     found[f"{s} @ {cfg.scatter_nfe}"] = np.load(p)
+            if decode is not None:
+                found = {f"{title} (decoded)": _decoded(decode, arr) for title, arr in found.items()}
         metric = "rmse_vs_reference" if det else "sliced_w2"
         try:
             plots = plot(records, args.out, metric=metric, scatter=found if is_points and found else None,
@@ -131,6 +136,14 @@ def cmd_compare(args) -> int:
                   file=sys.stderr)
     print(f"\nrecords: {os.path.join(args.out, 'results.json')}" + "".join(f"\nplot: {p}" for p in plots))
     return 0
+
+
+def _decoded(decode, latents: np.ndarray) -> np.ndarray:
+    """Latent samples (an array as saved by the comparison) decoded to data, in float64."""
+    import torch
+
+    with torch.no_grad():
+        return decode(torch.as_tensor(latents, dtype=torch.float64)).double().cpu().numpy()
 
 
 def _grids_for(path: str, model, solvers: list[str], nfe: list[int], name: str) -> dict:

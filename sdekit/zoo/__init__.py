@@ -15,6 +15,13 @@ hash) and against the architecture it builds, and raises `CheckpointError` namin
 difference, also for a weights file that is not valid safetensors (truncated, empty, a corrupt header) and for
 a sidecar without a well-formed ``sha256``.
 
+**Latent diffusion.** A latent model (``digits-latent-vp-eps``) adds a third file,
+``NAME.autoencoder.safetensors``, the weights of its [`Autoencoder`][sdekit.nets.Autoencoder], described in the
+sidecar's ``autoencoder`` entry (architecture, weights with their own SHA-256, the autoencoder's training record)
+and checked exactly as the score network's. `load` then returns a
+[`LatentScoreModel`][sdekit.models.LatentScoreModel]: a ``ScoreModel`` over the latents with ``encode`` and
+``decode``; `heldout` gives its held-out data as latents.
+
 **Reproduction.** [`sdekit.training.RECIPES`][] says how each shipped model was trained; ``python
 scripts/train_zoo.py NAME`` (or [`sdekit.training.train_recipe`][]) retrains it and writes both files. This
 module keeps the zoo itself (names, checkpoint I/O); recipes live beside training, data sets, held-out data and
@@ -38,6 +45,7 @@ from ..nets import build
 from ..processes import DiffusionProcess, process_from_spec, process_spec  # noqa: F401  (re-exported)
 
 __all__ = [
+    "AUTOENCODER_SUFFIX",
     "FORMAT",
     "ZOO_DIR",
     "ZOO_DIR_ENV",
@@ -62,6 +70,8 @@ ZOO_DIR = Path(__file__).resolve().parent
 #: Environment variable naming a folder to look names up in instead of `ZOO_DIR`.
 ZOO_DIR_ENV = "SDEKIT_ZOO_DIR"
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+#: The file name ending of a latent model's autoencoder weights: ``NAME.autoencoder.safetensors``.
+AUTOENCODER_SUFFIX = ".autoencoder.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -96,44 +106,72 @@ def _sdekit_version() -> str:
     return __version__
 
 
+def _save_module(module: nn.Module, weights_path: Path) -> dict:
+    """Write ``module``'s state dict to ``weights_path``; return the sidecar's architecture and weights entries."""
+    from safetensors.torch import save_file
+
+    arch = type(module).__name__
+    config = getattr(module, "config", None)
+    if config is None:
+        raise ValueError(f"{arch} has no .config; only sdekit.nets architectures can be saved to the zoo")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, str(weights_path), metadata={"format": FORMAT, "architecture": arch})
+    return {
+        "architecture": {"name": arch, "kwargs": config},
+        "weights": {
+            "file": weights_path.name,
+            "sha256": _sha256(weights_path),
+            "num_parameters": sum(p.numel() for p in module.parameters()),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                        for k, v in tensors.items()},
+        },
+    }
+
+
 def save(path: str | os.PathLike, net: nn.Module, process: DiffusionProcess, *, prediction: str = "eps",
          time_input: str = "t", sample_shape: tuple[int, ...] | None = None, name: str | None = None,
-         data: dict | None = None, training: dict | None = None) -> tuple[Path, Path]:
+         data: dict | None = None, training: dict | None = None, autoencoder: nn.Module | None = None,
+         autoencoder_training: dict | None = None) -> tuple[Path, Path]:
     """Write ``PATH.safetensors`` (``net``'s state dict) and its sidecar ``PATH.json``; return both paths.
 
     ``net`` must be a registered architecture ([`sdekit.nets.ARCHITECTURES`][]) with a ``config``.
-    ``data`` and ``training`` are free-form JSON-able records stored in the sidecar.
+    ``data`` and ``training`` are free-form JSON-able records stored in the sidecar. With an ``autoencoder``
+    (an [`Autoencoder`][sdekit.nets.Autoencoder]; ``net`` then works on its latents, ``sample_shape`` defaults
+    to its ``latent_shape``) its weights go to ``PATH.autoencoder.safetensors``, described by the sidecar's
+    ``autoencoder`` entry with the record ``autoencoder_training``.
     """
-    from safetensors.torch import save_file
+    if getattr(net, "config", None) is None:
+        raise ValueError(f"{type(net).__name__} has no .config; only sdekit.nets architectures can be saved to the zoo")
+    if autoencoder is not None:
+        from ..models import LatentScoreModel
 
-    arch = type(net).__name__
-    config = getattr(net, "config", None)
-    if config is None:
-        raise ValueError(f"{arch} has no .config; only sdekit.nets architectures can be saved to the zoo")
-    ScoreModel(net, process, prediction, time_input)  # validates the combination
+        if sample_shape is None:
+            sample_shape = getattr(autoencoder, "latent_shape", None)
+        # validates the combination, and that the latents have the sample shape
+        LatentScoreModel(net, process, prediction, time_input, autoencoder=autoencoder, sample_shape=sample_shape)
+    else:
+        ScoreModel(net, process, prediction, time_input)  # validates the combination
     weights_path, sidecar_path = _paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(weights_path), metadata={"format": FORMAT, "architecture": arch})
+    entries = _save_module(net, weights_path)
     sidecar = {
         "format": FORMAT,
         "name": name or weights_path.stem,
-        "architecture": {"name": arch, "kwargs": config},
+        "architecture": entries["architecture"],
         "process": process_spec(process),
         "prediction": prediction,
         "time_input": time_input,
         "sample_shape": list(sample_shape) if sample_shape is not None else None,
-        "weights": {
-            "file": weights_path.name,
-            "sha256": _sha256(weights_path),
-            "num_parameters": sum(p.numel() for p in net.parameters()),
-            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                        for k, v in tensors.items()},
-        },
+        "weights": entries["weights"],
         "data": data,
         "training": training,
         "sdekit_version": _sdekit_version(),
     }
+    if autoencoder is not None:
+        ae_path = weights_path.with_name(weights_path.stem + AUTOENCODER_SUFFIX)
+        sidecar["autoencoder"] = {**_save_module(autoencoder, ae_path), "training": autoencoder_training}
+    else:  # an autoencoder file left by an earlier save to this path belongs to no checkpoint now
+        weights_path.with_name(weights_path.stem + AUTOENCODER_SUFFIX).unlink(missing_ok=True)
     sidecar_path.write_text(json.dumps(sidecar, indent=1) + "\n")
     return weights_path, sidecar_path
 
@@ -188,21 +226,33 @@ def info(name_or_path: str | os.PathLike, *, root: str | os.PathLike | None = No
     missing = [k for k in ("architecture", "process", "prediction", "time_input", "weights") if k not in sidecar]
     if missing:
         raise CheckpointError(f"sidecar {sidecar_path} lacks {', '.join(missing)}")
-    weights = sidecar["weights"]
+    _check_weights_entry(sidecar["weights"], sidecar_path, "weights")
+    autoencoder = sidecar.get("autoencoder")
+    if autoencoder is not None:
+        if not isinstance(autoencoder, dict) or not isinstance(autoencoder.get("architecture"), dict):
+            raise CheckpointError(f"sidecar {sidecar_path}: 'autoencoder' must be a JSON object with an "
+                                  "'architecture' object")
+        if "weights" not in autoencoder:
+            raise CheckpointError(f"sidecar {sidecar_path} lacks autoencoder.weights")
+        _check_weights_entry(autoencoder["weights"], sidecar_path, "autoencoder.weights")
+    return sidecar
+
+
+def _check_weights_entry(weights, sidecar_path: Path, where: str) -> None:
+    """A sidecar's ``weights`` (or ``autoencoder.weights``) entry is an object with a well-formed SHA-256."""
     if not isinstance(weights, dict):
-        raise CheckpointError(f"sidecar {sidecar_path}: 'weights' must be a JSON object, got {type(weights).__name__}")
+        raise CheckpointError(f"sidecar {sidecar_path}: '{where}' must be a JSON object, got {type(weights).__name__}")
     # The hash is what ties the sidecar to its weights; a sidecar without one must not load unchecked.
     digest = weights.get("sha256")
     if digest is None:
-        raise CheckpointError(f"sidecar {sidecar_path} lacks weights.sha256 (the SHA-256 of the weights file, "
+        raise CheckpointError(f"sidecar {sidecar_path} lacks {where}.sha256 (the SHA-256 of the weights file, "
                               "required to check them)")
     if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
         shown = repr(digest) if len(repr(digest)) <= 80 else repr(digest)[:77] + "..."
-        raise CheckpointError(f"sidecar {sidecar_path} has a malformed weights.sha256 {shown}: expected 64 "
+        raise CheckpointError(f"sidecar {sidecar_path} has a malformed {where}.sha256 {shown}: expected 64 "
                               "hexadecimal digits")
     if not isinstance(weights.get("file", ""), str):
-        raise CheckpointError(f"sidecar {sidecar_path}: weights.file must be a file name")
-    return sidecar
+        raise CheckpointError(f"sidecar {sidecar_path}: {where}.file must be a file name")
 
 
 def _shape_diff(expected: dict[str, list[int]], got: dict[str, list[int]]) -> str:
@@ -244,7 +294,8 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     tensor names, shapes and SHA-256 and against the architecture built from the sidecar, and loaded into
     it. Returns a [`ScoreModel`][sdekit.models.ScoreModel] whose ``net`` is in eval mode with parameter gradients
     off (call ``model.net.requires_grad_(True)`` to fine-tune); ``dtype`` converts the network (e.g.
-    float64 for likelihoods).
+    float64 for likelihoods). A latent model (a sidecar with an ``autoencoder`` entry) gives a
+    [`LatentScoreModel`][sdekit.models.LatentScoreModel], its autoencoder checked and loaded the same way.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
@@ -255,12 +306,36 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     """
     weights_path, sidecar_path = _resolve(name_or_path, root)
     sidecar = info(sidecar_path)
-    weights_path = sidecar_path.with_name(sidecar["weights"].get("file", weights_path.name))
+    net = _load_module(sidecar["weights"], sidecar["architecture"], sidecar_path,
+                       sidecar_path.with_name(sidecar["weights"].get("file", weights_path.name)), device, dtype)
+    process = process_from_spec(sidecar["process"])
+    shape = sidecar.get("sample_shape")
+    shape = tuple(shape) if shape is not None else None
+    entry = sidecar.get("autoencoder")
+    if entry is None:
+        return ScoreModel(net, process, sidecar["prediction"], sidecar["time_input"], sample_shape=shape)
+    from ..models import LatentScoreModel
+
+    default = weights_path.with_name(weights_path.stem + AUTOENCODER_SUFFIX).name
+    autoencoder = _load_module(entry["weights"], entry["architecture"], sidecar_path,
+                               sidecar_path.with_name(entry["weights"].get("file", default)), device, dtype)
+    try:
+        return LatentScoreModel(net, process, sidecar["prediction"], sidecar["time_input"], autoencoder=autoencoder,
+                                sample_shape=shape)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"sidecar {sidecar_path.name}: the autoencoder does not fit the score network: "
+                              f"{exc}") from None
+
+
+def _load_module(weights: dict, arch: dict, sidecar_path: Path, weights_path: Path, device,
+                 dtype) -> nn.Module:
+    """Read ``weights_path``, check it against the sidecar entry ``weights`` (names, shapes, SHA-256) and the
+    architecture ``arch`` built from it, and return the loaded module (eval mode, gradients off)."""
     if not weights_path.is_file():
         raise CheckpointError(f"weights file {weights_path} named by sidecar {sidecar_path} does not exist")
-    digest = sidecar["weights"]["sha256"].lower()
+    digest = weights["sha256"].lower()
     tensors = _read_weights(weights_path, sidecar_path, digest)
-    entries = sidecar["weights"].get("tensors", {})
+    entries = weights.get("tensors", {})
     if not isinstance(entries, dict) or not all(isinstance(v, dict) and isinstance(v.get("shape"), list)
                                                 for v in entries.values()):
         raise CheckpointError(f"sidecar {sidecar_path}: weights.tensors must map each tensor name to an object "
@@ -273,22 +348,17 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     if digest != _sha256(weights_path):
         raise CheckpointError(f"weights file {weights_path} does not match its sidecar {sidecar_path.name}: SHA-256 "
                               "differs (the weights were changed after the sidecar was written)")
-    arch = sidecar["architecture"]
     try:
-        net = build(arch["name"], **arch.get("kwargs", {}))
-    except (TypeError, ValueError) as exc:
+        module = build(arch["name"], **arch.get("kwargs", {}))
+    except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"sidecar {sidecar_path.name} names an architecture that cannot be built: {exc}") from exc
-    expected = {k: list(v.shape) for k, v in net.state_dict().items()}
+    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
     diff = _shape_diff(expected, found)
     if diff:
         raise CheckpointError(f"{weights_path.name} does not fit the architecture {arch['name']} described by "
                               f"{sidecar_path.name}: {diff}")
-    net.load_state_dict(tensors, strict=True)
-    net.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    process = process_from_spec(sidecar["process"])
-    shape = sidecar.get("sample_shape")
-    return ScoreModel(net, process, sidecar["prediction"], sidecar["time_input"],
-                      sample_shape=tuple(shape) if shape is not None else None)
+    module.load_state_dict(tensors, strict=True)
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def __getattr__(name):
