@@ -14,6 +14,12 @@ Results do not depend on the number of processes when every sample's randomness 
 statistic from the gathered samples, in the order of a single-process run. A collective is only ever called
 between solves, never inside a step loop, so processes whose adaptive solves take different numbers of steps
 never wait on each other mid-solve.
+
+When a process dies or hangs, the others fail at their next collective (gloo notices a closed connection at
+once, a hung process after the timeout of `init`) with a `RankFailure` that names it: before each collective
+every rank leaves a marker (the collective's number and name) in the process group's store, and a rank that
+sees a collective fail leaves an answer there and waits a few seconds for the others' answers, so the message
+says which ranks did not answer and which collective each entered last.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["RankInfo", "DEFAULT_TIMEOUT_S", "environment", "init", "current", "shutdown", "shard", "shard_ranges",
-           "gather", "gather_objects", "broadcast_object", "on_main", "config_hash", "config_differences",
-           "check_same_config"]
+__all__ = ["RankInfo", "DEFAULT_TIMEOUT_S", "RankFailure", "environment", "init", "current", "shutdown", "shard",
+           "shard_ranges", "gather", "gather_objects", "broadcast_object", "on_main", "barrier", "config_hash",
+           "config_differences", "check_same_config"]
 
 #: how long a collective waits for the other processes before it fails (the process group's timeout): long
 #: enough for one process's share of a reference solve to finish while the others wait at the gather after it
@@ -40,6 +46,15 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _OWNED = False  # whether `init` created the process group (then `shutdown` destroys it)
+_SEQ = 0  # how many of sdekit's collectives this process has entered (its marker in the store says so)
+_MARK = "sdekit/collective/"  # the store key prefix of every rank's last collective
+_ANSWER = "sdekit/answer/"  # the key prefix of the answers of the ranks that saw a collective fail
+
+
+class RankFailure(RuntimeError):
+    """A collective failed because another process died, stopped responding or timed out. The message names
+    the ranks that did not reach the collective (from the markers every rank leaves in the process group's
+    store before each of sdekit's collectives) and what they did last."""
 
 
 @dataclass(frozen=True)
@@ -155,10 +170,11 @@ def init(device: str | torch.device = "cpu", *, backend: str | None = None,
 
 def shutdown() -> None:
     """Destroy the process group if `init` created it (a group initialised by the caller is left alone)."""
-    global _OWNED
+    global _OWNED, _SEQ
     if _OWNED and dist.is_initialized():
         dist.destroy_process_group()
     _OWNED = False
+    _SEQ = 0
 
 
 def shard_ranges(n: int, world_size: int, *, block: int = 1) -> list[range]:
@@ -216,6 +232,98 @@ def shard(n: int, *, block: int = 1, rank: int | None = None, world_size: int | 
     return ranges[rank]
 
 
+def _store():
+    """The default process group's key-value store (rank 0's or torchrun's TCPStore), or None."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private accessor; without it the failure message names no rank
+        return None
+
+
+def _enter(what: str) -> None:
+    """Leave this rank's marker (the number and name of the collective it is entering) in the store."""
+    global _SEQ
+    _SEQ += 1
+    store = _store()
+    if store is not None:
+        try:
+            store.set(f"{_MARK}{dist.get_rank()}", f"{_SEQ}|{what}")
+        except Exception:  # noqa: BLE001 - the collective itself will say what is wrong
+            pass
+
+
+def _laggards(answer_s: float = 5.0) -> tuple[list[str], bool]:
+    """``(lines, known)`` after a failed collective: the other ranks that did not answer (each rank that sees
+    the failure leaves an answer in the store and waits up to ``answer_s`` seconds for the others': a dead or
+    hung rank leaves none) or that had not entered this collective, each with the last collective it entered;
+    ``known`` is False when the store could not be read (its host, rank 0 or torchrun's agent, is gone)."""
+    import time
+
+    store = _store()
+    if store is None:
+        return [], False
+    me, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store.set_timeout(datetime.timedelta(seconds=answer_s))
+        store.set(f"{_ANSWER}{me}", "alive")
+        others = [r for r in range(world) if r != me]
+        silent, deadline = set(others), time.monotonic() + answer_s
+        while silent and time.monotonic() < deadline:
+            silent -= {r for r in silent if store.check([f"{_ANSWER}{r}"])}
+            if silent:
+                time.sleep(0.05)
+        lines = []
+        for r in others:
+            key = f"{_MARK}{r}"
+            last = None
+            if store.check([key]):
+                seq, what = store.get(key).decode().split("|", 1)
+                last = (int(seq), what)
+            where = ("it entered none of sdekit's collectives" if last is None else
+                     f"it last entered collective {last[0]} ({last[1]})")
+            if r in silent:
+                lines.append(f"rank {r} did not answer within {answer_s:g} s: it died or hangs ({where})")
+            elif last is None or last[0] < _SEQ:
+                lines.append(f"rank {r} had not entered it ({where})")
+    except Exception:  # noqa: BLE001 - the store's host (rank 0, or torchrun's agent) is gone
+        return [], False
+    return lines, True
+
+
+def _collective(what: str, fn: Callable[[], Any]) -> Any:
+    """Run one collective ``fn`` named ``what``, after leaving this rank's marker; a failure of the process
+    group (a dead peer, a timeout) becomes a `RankFailure` that names the ranks which did not arrive."""
+    _enter(what)
+    try:
+        return fn()
+    except RuntimeError as e:  # DistBackendError and gloo's errors are RuntimeErrors
+        if isinstance(e, RankFailure):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines, known = _laggards()
+        me = dist.get_rank()
+        if lines:
+            cause = "; ".join(lines) + " (its own log says more)"
+        elif known:
+            cause = "every other rank is alive and had entered it too: the network failed, or a collective timed out"
+        else:
+            cause = ("the process group's store is unreachable: rank 0 (or the torchrun agent that hosts the store) "
+                     "died or hangs")
+        raise RankFailure(f"rank {me}: collective {_SEQ} ({what}) failed: {cause}. Finished work is on disk: "
+                          f"rerun the same command with --resume. (torch.distributed: {first})") from e
+
+
+def barrier(what: str = "barrier") -> None:
+    """Wait for every rank (a no-op when not distributed); a dead or hung rank gives a `RankFailure` naming it.
+
+    Args:
+        what: the name of this point in the run, for the failure message.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    _collective(what, lambda: dist.barrier())
+
+
 def _comm_device() -> torch.device:
     """The device of tensors sent through the default group: CUDA for NCCL, the CPU for gloo."""
     if str(dist.get_backend()) == "nccl":
@@ -223,7 +331,7 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def gather(tensor: torch.Tensor, *, dst: int = 0) -> torch.Tensor | None:
+def gather(tensor: torch.Tensor, *, dst: int = 0, what: str = "gather") -> torch.Tensor | None:
     """Every rank's ``tensor`` concatenated along dim 0 in rank order, on rank ``dst`` (None on the others); the
     tensor itself when not distributed. The ranks' tensors may have different lengths (dim 0) but must agree in
     the other dimensions and the dtype. The result is on ``tensor``'s device.
@@ -231,18 +339,20 @@ def gather(tensor: torch.Tensor, *, dst: int = 0) -> torch.Tensor | None:
     Args:
         tensor: this rank's part (batch first).
         dst: the rank that receives the whole.
+        what: what is gathered, named in the message of a `RankFailure`.
 
     Returns:
         the concatenation on ``dst``, None elsewhere.
 
     Raises:
         ValueError: the ranks' tensors differ in trailing shape or dtype (on every rank).
+        RankFailure: another rank died or stopped responding (named in the message).
     """
     if not (dist.is_available() and dist.is_initialized()):
         return tensor
     meta = (int(tensor.shape[0]) if tensor.ndim else -1, tuple(tensor.shape[1:]), str(tensor.dtype))
     metas: list = [None] * dist.get_world_size()
-    dist.all_gather_object(metas, meta)
+    _collective(what, lambda: dist.all_gather_object(metas, meta))
     if meta[0] < 0 or any(m[1:] != meta[1:] for m in metas):
         raise ValueError(f"gather: the ranks' tensors must be batch first with the same trailing shape and dtype, "
                          f"got (rows, shape[1:], dtype) = {metas}")
@@ -252,19 +362,20 @@ def gather(tensor: torch.Tensor, *, dst: int = 0) -> torch.Tensor | None:
     padded[:tensor.shape[0]] = tensor.to(dev)
     if dist.get_rank() == dst:
         parts = [torch.empty_like(padded) for _ in rows]
-        dist.gather(padded, parts, dst=dst)
+        _collective(what, lambda: dist.gather(padded, parts, dst=dst))
         return torch.cat([p[:r] for p, r in zip(parts, rows)]).to(tensor.device)
-    dist.gather(padded, None, dst=dst)
+    _collective(what, lambda: dist.gather(padded, None, dst=dst))
     return None
 
 
-def gather_objects(obj: Any, *, dst: int = 0) -> list | None:
+def gather_objects(obj: Any, *, dst: int = 0, what: str = "gather of objects") -> list | None:
     """Every rank's picklable ``obj`` in rank order, on rank ``dst`` (None on the others); ``[obj]`` when not
     distributed.
 
     Args:
         obj: this rank's object (records, statistics).
         dst: the rank that receives the list.
+        what: what is gathered, named in the message of a `RankFailure`.
 
     Returns:
         the list on ``dst``, None elsewhere.
@@ -272,17 +383,18 @@ def gather_objects(obj: Any, *, dst: int = 0) -> list | None:
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
     out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
+    _collective(what, lambda: dist.gather_object(obj, out, dst=dst))
     return out
 
 
-def broadcast_object(obj: Any = None, *, src: int = 0) -> Any:
+def broadcast_object(obj: Any = None, *, src: int = 0, what: str = "broadcast") -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank (the others' argument is ignored); ``obj`` itself when not
     distributed.
 
     Args:
         obj: the object to send (significant on ``src`` only).
         src: the sending rank.
+        what: what is sent, named in the message of a `RankFailure`.
 
     Returns:
         ``src``'s object.
@@ -290,17 +402,18 @@ def broadcast_object(obj: Any = None, *, src: int = 0) -> Any:
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _collective(what, lambda: dist.broadcast_object_list(box, src=src))
     return box[0]
 
 
-def on_main(fn: Callable[[], Any]) -> Any:
+def on_main(fn: Callable[[], Any], *, what: str | None = None) -> Any:
     """Run ``fn()`` on rank 0 only and give its (picklable) result to every rank. When it raises a ValueError,
     TypeError or OSError there, the other ranks raise a ValueError with its message (instead of waiting at the
     next collective for a rank that left), and rank 0 re-raises it.
 
     Args:
         fn: what only rank 0 does (reading or writing files, say).
+        what: its name in the message of a `RankFailure` (default: ``fn``'s name).
 
     Returns:
         ``fn()``'s result, on every rank.
@@ -313,7 +426,9 @@ def on_main(fn: Callable[[], Any]) -> Any:
             result = fn()
         except (ValueError, TypeError, OSError) as e:
             error = e
-    message, result = broadcast_object((None if error is None else f"{type(error).__name__}: {error}", result))
+    label = what or f"rank 0's {getattr(fn, '__name__', 'work')}"
+    message, result = broadcast_object((None if error is None else f"{type(error).__name__}: {error}", result),
+                                       what=label)
     if error is not None:
         raise error
     if message is not None:
@@ -393,9 +508,10 @@ def check_same_config(config: Any) -> str:
     if not (dist.is_available() and dist.is_initialized()):
         return h
     hashes: list = [None] * dist.get_world_size()
-    dist.all_gather_object(hashes, h)
+    _collective("the check of the arguments", lambda: dist.all_gather_object(hashes, h))
     if all(x == hashes[0] for x in hashes):
         return h
     configs: list = [None] * dist.get_world_size()
-    dist.all_gather_object(configs, json.loads(json.dumps(config, default=repr)))
+    plain = json.loads(json.dumps(config, default=repr))
+    _collective("the gather of differing arguments", lambda: dist.all_gather_object(configs, plain))
     raise ValueError(config_differences(configs) or "the processes got different arguments (config hashes differ)")

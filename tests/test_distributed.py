@@ -341,3 +341,233 @@ def test_compare_under_torchrun_gives_the_single_process_records(tmp_path):
     _, recs3 = _records(single)
     assert recs3[("ddim", 20)]["processes"] == 2 and recs3[("ddim", 5)]["processes"] == 1
     assert recs3[("ddim", 20)]["rmse_vs_reference"] < recs3[("ddim", 10)]["rmse_vs_reference"]
+
+
+# ---- blocks: the unit of resumable work -------------------------------------------------------------------------
+
+def test_blocks_are_written_as_they_finish_and_read_back_on_resume(tmp_path):
+    from sdekit.bench.blocks import block_path, block_ranges, load_block, run_blocks, save_block
+
+    assert block_ranges(range(128, 300), 64) == [range(128, 192), range(192, 256), range(256, 300)]
+    with pytest.raises(ValueError, match="block boundary"):
+        block_ranges(range(3, 10), 4)
+    calls = []
+
+    def compute(a, b):
+        calls.append((a, b))
+        return {"v": torch.arange(a, b, dtype=F64).numpy() ** 0.5}, {"nfe": b - a}
+
+    logs = []
+    opts = dict(folder=str(tmp_path), name="w-k1", key="k1", log=logs.append)
+    first = run_blocks(150, 64, compute, resume=False, **opts)
+    assert calls == [(0, 64), (64, 128), (128, 150)] and not any(b.reused for b in first)
+    whole = torch.cat([torch.from_numpy(b.arrays["v"]) for b in first])
+    assert torch.equal(whole, torch.from_numpy(torch.arange(150, dtype=F64).numpy() ** 0.5))
+    # resume: nothing recomputed, the same numbers; a damaged, a foreign and a wrong-length block are recomputed
+    calls.clear()
+    again = run_blocks(150, 64, compute, resume=True, **opts)
+    assert calls == [] and all(b.reused for b in again)
+    assert all(torch.equal(torch.from_numpy(a.arrays["v"]), torch.from_numpy(b.arrays["v"])) for a, b in
+               zip(first, again))
+    p0, p1, p2 = (block_path(str(tmp_path), "w-k1", a, b) for a, b in [(0, 64), (64, 128), (128, 150)])
+    with open(p0, "r+b") as f:
+        f.truncate(40)
+    save_block(p1, {"v": torch.zeros(64).numpy()}, {"key": "other", "start": 64, "stop": 128, "nfe": 1})
+    save_block(p2, {"v": torch.full((21,), float("nan")).numpy()}, {"key": "k1", "start": 128, "stop": 150})
+    calls.clear()
+    logs.clear()
+    fixed = run_blocks(150, 64, compute, resume=True, **opts)
+    assert calls == [(0, 64), (64, 128), (128, 150)]
+    assert "unreadable" in logs[0] and "other settings" in logs[1] and "21 rows" in logs[2]
+    assert torch.equal(torch.cat([torch.from_numpy(b.arrays["v"]) for b in fixed]), whole)
+    save_block(p2, {"v": torch.full((22,), float("nan")).numpy()}, {"key": "k1", "start": 128, "stop": 150})
+    assert load_block(p2, key="k1", start=128, stop=150, log=logs.append) is None and "NaN/Inf" in logs[-1]
+    save_block(p2, {"v": torch.ones(22).numpy()}, {"key": "k1", "start": 0, "stop": 22})
+    assert load_block(p2, key="k1", start=128, stop=150, log=logs.append) is None and "0..22" in logs[-1]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_likelihood_command_resumes_from_its_blocks(tmp_path):
+    """`sdekit likelihood` writes one record per block of 64 samples; --resume reads them back (nothing is
+    solved again) and gives the same numbers."""
+    from sdekit.cli import main
+
+    args = ["likelihood", "--samples", "130", "--rtol", "1e-4", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "likelihood.json").read_text())
+    assert rec["blocks"] == 3 and rec["blocks_reused"] == 0 and len(rec["log_prob"]) == 130
+    assert len(os.listdir(tmp_path / "blocks")) == 3
+    assert main(args + ["--resume"]) == 0
+    again = json.loads((tmp_path / "likelihood.json").read_text())
+    assert again["blocks_reused"] == 3 and again["log_prob"] == rec["log_prob"] and again["nfe"] == rec["nfe"]
+    assert main(args[:2] + ["131"] + args[3:] + ["--resume"]) == 0  # other settings: other blocks, all solved
+    assert json.loads((tmp_path / "likelihood.json").read_text())["blocks_reused"] == 0
+
+
+def test_likelihood_under_torchrun_gives_the_single_process_record(tmp_path):
+    """`sdekit likelihood` on ring2d with Hutchinson probes (drawn per sample) on 2 gloo processes: the
+    per-sample log-likelihoods of the single-process run, bit for bit (each block of 64 samples is solved on
+    its own wherever it runs)."""
+    args = ["likelihood", "--samples", "150", "--divergence", "hutchinson", "--n-probes", "2", "--rtol", "1e-4",
+            "--no-progress"]
+    r1 = subprocess.run([sys.executable, "-m", "sdekit", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _torchrun("-m", "sdekit", *args, "--out", str(tmp_path / "two"))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert r2.stdout.count("mean log p") == 1 and "2 processes" in r2.stdout  # rank 0 alone reports
+    one = json.loads((tmp_path / "one" / "likelihood.json").read_text())
+    two = json.loads((tmp_path / "two" / "likelihood.json").read_text())
+    assert one["processes"] == 1 and two["processes"] == 2 and one["blocks"] == two["blocks"] == 3
+    assert one["log_prob"] == two["log_prob"]
+    for key in ("mean_log_prob", "mean_exact_log_prob", "rms_error", "nfe", "n_steps"):
+        assert one[key] == two[key], key
+    # the estimate is a real one: probes make it differ from the exact density, by less than a nat per sample
+    assert 0 < one["rms_error"] < 1
+
+
+# ---- a rank killed mid-run: --resume, and the message of a dead rank ------------------------------------------
+
+def _descendant_with_rank(pid: int, rank: int) -> int | None:
+    """The pid of the process below ``pid`` whose environment has ``RANK=rank`` (a torchrun worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    todo, seen = [pid], []
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            seen.append(c)
+            todo.append(c)
+    for c in seen:
+        try:
+            with open(f"/proc/{c}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if env.get(b"RANK") == str(rank).encode():
+            return c
+    return None
+
+
+def _kill_rank_when(proc, rank: int, ready, timeout: float = 240.0) -> None:
+    """Wait until ``ready()``, then stop the worker of ``rank`` at once (SIGSTOP: it can do nothing more, and
+    the others block at the next collective) and kill it (SIGKILL)."""
+    import signal
+    import time
+
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, "the run ended before the point where a rank was to be killed"
+        assert time.time() - t0 < timeout, "the run never reached the point where a rank was to be killed"
+        time.sleep(0.01)
+    pid = _descendant_with_rank(proc.pid, rank)
+    assert pid is not None, f"no worker with RANK={rank} below pid {proc.pid}"
+    os.kill(pid, signal.SIGSTOP)
+    assert proc.poll() is None, "the run ended before the rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+
+
+KILLED = ["compare", "--samples", "512", "--nfe", "5,10,20,50", "--solvers", "ddim,dpmpp_2m,unipc,ddpm,euler_maruyama",
+          "--no-progress", "--no-plots"]
+
+
+def test_a_rank_killed_mid_run_resumes_with_nothing_lost_and_no_duplicates(tmp_path):
+    """torchrun, 2 processes: rank 1 is killed during the reference solve (torchrun then stops rank 0 and
+    fails); a 2-process --resume reads back the reference blocks already written, and rank 1 is killed again
+    during the samplers; a 1-process --resume finishes. The records equal those of an uninterrupted run, each
+    configuration once, and no finished record was rewritten."""
+    base = subprocess.run([sys.executable, "-m", "sdekit", *KILLED, "--out", str(tmp_path / "base")], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert base.returncode == 0, base.stderr
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sdekit",
+           *KILLED, "--out", str(out)]
+
+    def launch(extra=()):
+        return subprocess.Popen([*cmd, *extra], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def reference_blocks():
+        folder = out / "blocks"
+        return folder.is_dir() and any(n.startswith("reference-") and n.endswith(".npz") for n in os.listdir(folder))
+
+    first = launch()
+    _kill_rank_when(first, 1, reference_blocks)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode != 0 and not (out / "results.json").exists()
+    assert "exitcode" in err and "-9" in err  # torchrun names the failed rank and its signal
+    written = sorted(n for n in os.listdir(out / "blocks") if not n.startswith(".tmp-"))
+    assert written
+
+    def records():
+        folder = out / "records"
+        return folder.is_dir() and len([n for n in os.listdir(folder) if n.endswith(".json")]) >= 3
+
+    second = launch(["--resume"])
+    _kill_rank_when(second, 1, records)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode != 0
+    assert f"{len([n for n in written if '-rtol1e-10-' in n])} of this process's" in err or \
+        "read back" in err  # rank 0's blocks were read back, not solved again
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert len(before) >= 3 and (out / f"reference-{next(iter(_records(tmp_path / 'base')[1].values()))['config_key']}"
+                                        ".json").exists()
+
+    third = subprocess.run([sys.executable, "-m", "sdekit", *KILLED, "--out", str(out), "--resume"], cwd=ROOT,
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert "reference: float64" not in third.stderr  # the recorded reference is reused, not solved again
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    assert all(after[k] == v for k, v in before.items())  # no finished record recomputed
+    res_b, recs_b = _records(tmp_path / "base")
+    res_k, recs_k = _records(out)
+    assert len(res_k["records"]) == len(recs_k) == len(after) == 20  # every configuration once
+    assert set(recs_k) == set(recs_b)
+    for key, a in recs_b.items():
+        b = recs_k[key]
+        for metric in ("rmse_vs_reference", "sliced_w2", "mean_log_p_data"):
+            if metric in a:
+                assert math.isclose(a[metric], b[metric], rel_tol=1e-12, abs_tol=0), (key, metric)
+    assert res_b["reference"]["sha256"] == res_k["reference"]["sha256"]
+    assert not [n for n in os.listdir(out / "blocks") if n.startswith("reference-")]  # removed once recorded
+    assert not [n for d in ("records", "blocks") for n in os.listdir(out / d) if n.startswith(".tmp-")]
+
+
+def test_a_dead_rank_is_named_by_the_others(tmp_path):
+    """Launched as srun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; no torchrun agent to stop the
+    others): rank 1 is killed during the samplers; rank 0 fails at once at its next collective with one line
+    that names rank 1, what it did last, and --resume; not after the timeout."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "srun"
+    procs = []
+    for rank in (0, 1):
+        env = {**_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "sdekit", *KILLED, "--out", str(out), "--timeout", "60"],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    import signal
+
+    t0 = time.time()
+    while not ((out / "records").is_dir() and any((out / "records").glob("*.json"))):
+        assert procs[0].poll() is None and time.time() - t0 < 240, "the run ended before rank 1 could be killed"
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait(timeout=30)
+    _, err = procs[0].communicate(timeout=50)  # well under the 60 s timeout: the closed connection is seen at once
+    assert procs[0].returncode == 1, err
+    line = [m for m in err.splitlines() if m.startswith("sdekit: error:")]
+    assert len(line) == 1, err
+    assert "rank 0: collective" in line[0] and "failed: rank 1 did not answer within 5 s: it died or hangs" in line[0]
+    assert "it last entered collective" in line[0] and "--resume" in line[0] and "Traceback" not in err

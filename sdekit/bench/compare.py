@@ -293,22 +293,47 @@ def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None
 
 
 def _blocked_reference(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, method: str,
-                       progress: bool, log) -> tuple[torch.Tensor, int]:
-    """The reference end points of this rank's samples (whose first global index is a multiple of
-    `REFERENCE_BLOCK`: a shard holds whole blocks), one adaptive solve per block, and their total NFE."""
-    parts, nfe = [], 0
+                       progress: bool, log, first: int = 0, folder: str | None = None, key: str = "",
+                       resume: bool = False) -> tuple[torch.Tensor, int, list[str]]:
+    """The reference end points of this rank's samples (global indices ``first...``, a multiple of
+    `REFERENCE_BLOCK`: a shard holds whole blocks), one adaptive solve per block, their total NFE, and the block
+    files written or read. With a ``folder``, each solved block is written there at once
+    (`sdekit.bench.blocks`), and with ``resume`` a block found there is read back instead of solved: a run
+    killed in the middle of the reference (in any of its processes) loses at most one block per process."""
+    from .blocks import block_path, load_block, save_block
+
+    parts, nfe, files, reused = [], 0, [], 0
     n_blocks = -(-x_T.shape[0] // REFERENCE_BLOCK)
+    name, bkey = f"reference-{key}-rtol{rtol:g}", f"{key}-{method}-{rtol!r}"
     for k in range(n_blocks):
+        a, b = k * REFERENCE_BLOCK, min((k + 1) * REFERENCE_BLOCK, x_T.shape[0])
+        path = block_path(folder, name, first + a, first + b) if folder is not None else None
+        if path is not None:
+            files.append(path)
+        if resume and path is not None and os.path.exists(path):
+            got = load_block(path, key=bkey, start=first + a, stop=first + b, log=log)
+            if got is not None and got.arrays["x"].shape == tuple(x_T[a:b].shape):
+                parts.append(torch.from_numpy(got.arrays["x"]))
+                nfe += int(got.meta["nfe"])
+                reused += 1
+                continue
         stats: dict = {}
         desc = "reference" if n_blocks == 1 else f"reference {k + 1}/{n_blocks}"
-        parts.append(reference_endpoint(model, x_T[k * REFERENCE_BLOCK:(k + 1) * REFERENCE_BLOCK], t_start, t_end,
-                                        rtol=rtol, cache=None, stats=stats, method=method, progress=progress,
-                                        log=log, desc=desc))
+        ref = reference_endpoint(model, x_T[a:b], t_start, t_end, rtol=rtol, cache=None, stats=stats, method=method,
+                                 progress=progress, log=log, desc=desc)
+        if path is not None:
+            save_block(path, {"x": ref.numpy()}, {"key": bkey, "start": first + a, "stop": first + b,
+                                                  "nfe": stats["nfe"]})
+        parts.append(ref)
         nfe += stats["nfe"]
-    return torch.cat(parts), nfe
+    if reused:
+        log(f"reference: {reused} of this process's {n_blocks} block(s) of {REFERENCE_BLOCK} samples (rtol {rtol:g}) "
+            f"read back from {folder} (--resume)")
+    return torch.cat(parts), nfe, files
 
 
-def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) -> tuple[torch.Tensor | None, dict]:
+def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress,
+               first: int = 0) -> tuple[torch.Tensor | None, dict]:
     """The reference end points (on rank 0; None on the other ranks) and their record (method, tolerance, NFE,
     cost, the check against a looser solve), on every rank.
 
@@ -316,13 +341,17 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
     configuration key, which covers the model's fingerprint (weights, outputs), the samples, seed, process
     times, dtype, method and tolerance: a later run of the same configuration reuses it, a changed model never
     does. A cached file is validated (readable, shape, finite) before it is used. Every block of
-    `REFERENCE_BLOCK` samples is solved on its own, so the end points do not depend on the number of ranks.
+    `REFERENCE_BLOCK` samples is solved on its own, so the end points do not depend on the number of ranks, and
+    each rank writes its solved blocks to ``out_dir/blocks`` as it goes (read back on ``resume``; removed once
+    the whole reference is recorded).
     """
     key = cfg.key()
     cache = os.path.join(out_dir, f"reference-{key}.npy")
     info_path = os.path.join(out_dir, f"reference-{key}.json")
     shape = (cfg.samples, *x_T.shape[1:])
     held: dict = {}  # rank 0's arrays (never broadcast)
+    blocks = os.path.join(out_dir, "blocks")
+    block_files: list[str] = []  # this rank's block files, removed once the reference is recorded
 
     def look():
         """What rank 0 has on disk: a recorded reference (its info), end points without a record, or nothing."""
@@ -343,7 +372,7 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
                 return "unrecorded", None
         return None, None
 
-    found, info = distributed.on_main(look)
+    found, info = distributed.on_main(look, what="rank 0's look for a cached reference")
     if found == "recorded":
         return held.get("ref"), info
     info = {"method": f"scipy {cfg.reference_method}, float64", "rtol": cfg.reference_rtol,
@@ -355,10 +384,12 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
     if found == "unrecorded":
         ref = held.get("ref")  # rank 0's; the other ranks need none
     else:
-        local, local_nfe = _blocked_reference(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
-                                              method=cfg.reference_method, progress=progress, log=log)
-        ref = distributed.gather(local)
-        counts = distributed.gather_objects(local_nfe)
+        local, local_nfe, files = _blocked_reference(model, x_T, t_start, t_end, rtol=cfg.reference_rtol,
+                                                     method=cfg.reference_method, progress=progress, log=log,
+                                                     first=first, folder=blocks, key=key, resume=resume)
+        block_files += files
+        ref = distributed.gather(local, what="the reference end points")
+        counts = distributed.gather_objects(local_nfe, what="the reference's NFE")
         nfe = None if counts is None else sum(counts)
 
     def record_main():
@@ -368,15 +399,17 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
         if info["nfe"] is not None:
             log(f"reference: {info['nfe']} NFE in {info['wall_s']:.1f} s")
 
-    distributed.on_main(record_main)
+    distributed.on_main(record_main, what="the reference's file")
     if cfg.reference_check:
         loose = 100 * cfg.reference_rtol
         log(f"reference check: the same solve at rtol = atol = {loose:g} ...")
         t1 = time.perf_counter()
-        local, local_nfe = _blocked_reference(model, x_T, t_start, t_end, rtol=loose,
-                                              method=cfg.reference_method, progress=progress, log=log)
-        other = distributed.gather(local)
-        counts = distributed.gather_objects(local_nfe)
+        local, local_nfe, files = _blocked_reference(model, x_T, t_start, t_end, rtol=loose,
+                                                     method=cfg.reference_method, progress=progress, log=log,
+                                                     first=first, folder=blocks, key=key, resume=resume)
+        block_files += files
+        other = distributed.gather(local, what="the reference check's end points")
+        counts = distributed.gather_objects(local_nfe, what="the reference check's NFE")
         if other is not None:
             info.update({"check_rtol": loose, "check_nfe": sum(counts), "check_rmse": rmse(other, ref),
                          "check_wall_s": time.perf_counter() - t1})
@@ -396,7 +429,11 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress) 
         _atomic_write(info_path, json.dumps(info, indent=1))
         return info
 
-    return (ref if distributed.current().is_main else None), distributed.on_main(finish_main)
+    info = distributed.on_main(finish_main, what="the reference's record")
+    for path in block_files:  # the whole reference is on disk (rank 0's): the blocks are redundant
+        if os.path.exists(path):
+            os.unlink(path)
+    return (ref if distributed.current().is_main else None), info
 
 
 #: keys (and types) every comparison record has; a record on disk without them is recomputed on --resume
@@ -505,7 +542,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
     main = distributed.current().is_main
     if not main:
         log, progress = _quiet, False
-    distributed.on_main(lambda: check_out_dir(out_dir))
+    distributed.on_main(lambda: check_out_dir(out_dir), what="rank 0's check of the output folder")
     if not cfg.model_fingerprint:
         cfg.model_fingerprint = model_fingerprint(model, tuple(shape))
     distributed.check_same_config({"config": vars(cfg), "resume": resume})  # the model, via its fingerprint
@@ -519,16 +556,18 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
     rec_dir = os.path.join(out_dir, "records")
 
     def clean_records():
-        if os.path.isdir(rec_dir):  # temporary files of a killed run are never records: remove them
-            for name in os.listdir(rec_dir):
-                if name.startswith(".tmp-"):
-                    os.unlink(os.path.join(rec_dir, name))
+        for folder in (rec_dir, os.path.join(out_dir, "blocks")):
+            if os.path.isdir(folder):  # temporary files of a killed run are never records: remove them
+                for name in os.listdir(folder):
+                    if name.startswith(".tmp-"):
+                        os.unlink(os.path.join(folder, name))
 
-    distributed.on_main(clean_records)
+    distributed.on_main(clean_records, what="rank 0's removal of temporary files")
     need_ref = any(_kind(s) == "deterministic" for s in cfg.solvers)
     ref, ref_info = None, None
     if need_ref:
-        ref, ref_info = _reference(_reference_model(model), cfg, x_T, t_start, t_end, out_dir, resume, log, progress)
+        ref, ref_info = _reference(_reference_model(model), cfg, x_T, t_start, t_end, out_dir, resume, log, progress,
+                                   first=first)
     mixture = getattr(model, "mixture", None)
     exact, floor, n_dist = None, None, cfg.samples
     if mixture is None and data is not None:
@@ -574,7 +613,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
                     log(f"sdekit: the record {path} cannot be used ({why}); recomputing it")
         return found
 
-    done = distributed.on_main(finished)
+    done = distributed.on_main(finished, what="rank 0's read of the finished records")
     records = []
     bar = None
     if progress:
@@ -605,7 +644,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
         else:
             sol = sample(model, x, solver_name, steps=steps, spacing=cfg.spacing, t_end=t_end, generator=gen,
                          sample_offset=first)
-        out = distributed.gather(sol.x.double().cpu())
+        out = distributed.gather(sol.x.double().cpu(), what=f"the samples of {solver_name} @ {nfe} NFE")
         wall = time.perf_counter() - t0
         if not main:
             continue
@@ -643,7 +682,7 @@ def _run_comparison(model, cfg, out_dir, resume, progress, log, data) -> list[di
         _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
         return records
 
-    return distributed.on_main(summarise)
+    return distributed.on_main(summarise, what="results.json")
 
 
 def table(records: list[dict], metric: str) -> str:

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..distributed import RankFailure
 from .common import MAX_NFE, PROCESSES, REFERENCE_RTOL_ANALYTIC, REFERENCE_RTOL_NETWORK, load_model, make_process
 from .compare import cmd_compare
 from .demo import cmd_demo
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="skip configurations whose records exist")
     c.add_argument("--no-plots", action="store_true", help="write tables and JSON only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--timeout", type=float, default=1800.0,
+                   help="under torchrun: seconds a process waits at a collective for the others before it fails, "
+                        "naming the ranks that did not arrive")
 
     g = sub.add_parser("grid", help="optimise sampler time grids and write a grid file",
                        description="Optimise the time grid of deterministic samplers on a model (sdekit.optimize_grid:"
@@ -152,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--seed", type=int, default=0, help="seed of the data, probes and dequantization")
     lk.add_argument("--out", default="runs/likelihood", help="output folder (likelihood.json)")
     lk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lk.add_argument("--resume", action="store_true", help="reuse the blocks of samples whose records exist")
+    lk.add_argument("--timeout", type=float, default=1800.0,
+                    help="under torchrun: seconds a process waits at a collective for the others before it fails, "
+                         "naming the ranks that did not arrive")
 
     d = sub.add_parser("demo", help="the README main job: compare on the embedded analytic default",
                        description="The README's main job: sdekit compare on the embedded analytic ring mixture.")
@@ -174,6 +182,9 @@ def main(argv=None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the exception's text
         print(f"sdekit: error: {msg}", file=sys.stderr)
         return 2
+    except RankFailure as e:  # another process of a torchrun/srun launch died or hung
+        print(f"sdekit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sdekit: interrupted (finished configurations are kept; rerun with --resume)", file=sys.stderr)
         return 130
