@@ -136,8 +136,9 @@ def test_bad_arguments_are_refused_in_one_line(bad_runs, case):
     (["--problem", "linear", "--solvers", "ddim"], "--solvers"),  # a diffusion sampler
     (["--problem", "pf-ode", "--solvers", "rk4"], "--solvers"),  # a generic solver
     (["--problem", "pf-ode", "--solvers", "dpm_solver_adaptive"], "--solvers"),  # chooses its own steps
+    (["--problem", "ou", "--solvers", "ddpm"], "--solvers"),  # a stochastic sampler: not sent on to pf-ode
 ], ids=["ode-kind-on-gbm", "non-integer-steps", "zero-steps", "one-sample", "no-solver", "sra1-on-gbm", "rk4-on-ou",
-        "sampler-on-linear", "rk4-on-pf-ode", "adaptive-on-pf-ode"])
+        "sampler-on-linear", "rk4-on-pf-ode", "adaptive-on-pf-ode", "stochastic-sampler-on-ou"])
 def test_more_refusals_name_the_argument(capsys, tmp_path, args, names):
     """The same checks in-process (no interpreter start): a combination the command does not accept is refused
     up front rather than measured into a FAIL or a crash."""
@@ -146,6 +147,8 @@ def test_more_refusals_name_the_argument(capsys, tmp_path, args, names):
     assert main(["order", *args, "--out", str(tmp_path), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"sdekit: error: {names}") and len(err.strip().splitlines()) == 1, err
+    if "ddpm" in args:  # says where a stochastic sampler is measured, instead of naming pf-ode (which refuses it)
+        assert "sliced W2 of sdekit compare" in err and "measure it with --problem pf-ode" not in err
 
 
 # --- a wrong solver still fails --------------------------------------------------------------------------------

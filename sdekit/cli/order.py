@@ -156,6 +156,10 @@ def _refusal(name: str, problem: str, kind: str) -> str | None:
             return f"{name!r} chooses its own steps; --problem pf-ode measures fixed-step samplers"
         return None
     if _is_sampler(cls):
+        if solver.noise_types:  # pf-ode refuses it too: say where its accuracy is measured instead
+            return (f"{name!r} is a stochastic diffusion sampler (it runs a diffusion model's reverse SDE, not a "
+                    "generic SDE): sdekit order measures deterministic samplers on --problem pf-ode; the "
+                    "distribution error of stochastic ones is the sliced W2 of sdekit compare")
         return f"{name!r} is a diffusion sampler: measure it with --problem pf-ode"
     if problem == "linear":
         return None if solver.order is not None else f"{name!r} declares no ODE order"
