@@ -509,3 +509,65 @@ def reference_solve(drift, x0: torch.Tensor, t0: float, t1: float, *, t_eval=Non
     if t_eval is None:
         return torch.from_numpy(res.y[:, -1]).reshape(shape).to(dtype)
     return torch.from_numpy(res.y.T.copy()).reshape(len(res.t), *shape).to(dtype)
+
+
+def reference_solve_log_snr(model, x0: torch.Tensor, t0: float, t1: float, *, t_eval=None, rtol: float = 1e-12,
+                            atol: float = 1e-12, method: str = "DOP853") -> torch.Tensor:
+    """The probability-flow ODE of a diffusion ``model`` from ``t0`` to ``t1``, solved in the noise level
+    ``v = log(sigma/alpha) = -lambda`` instead of ``t`` (float64, scipy's DOP853 by default).
+
+    For every process with Gaussian marginals ``x_t = alpha x_0 + sigma eps`` the PF-ODE is, exactly, in
+    ``xbar = x / alpha`` (Song et al. 2021, DDIM §4.3; Lu et al. 2022, DPM-Solver eq. 3.4 and Prop. 3.1)
+
+        d xbar / dv = e^v · eps(alpha(t) xbar, t),   t = t(v),
+
+    the ODE whose first-order discretisation is DDIM. It has the same solution as the ODE in ``t``, but where
+    the schedule is only piecewise smooth in ``t`` (a discrete DDPM schedule: log alpha is piecewise linear
+    between the N knots, so the drift in ``t`` jumps at each of them and an adaptive solve crawls) a model
+    whose prediction depends on ``t`` only through ``(alpha, sigma)`` (the analytic mixtures) has a smooth right
+    side in ``v``. Measured on ``stress8d`` under the 1000-step DDPM schedule: about a second for 2048
+    trajectories, where the solve in ``t`` took minutes.
+
+    Args:
+        model: an sdekit diffusion model (``.process``, ``.predict(x, t, "eps")``).
+        x0: the state at ``t0``.
+        t0, t1: the interval (either direction); ``sigma > 0`` at both ends (``v`` is ``-inf`` at ``sigma = 0``).
+        t_eval: times in ``[t1, t0]``, ordered from ``t0`` to ``t1``, at which to return the state.
+        rtol, atol: the tolerances (on ``xbar``).
+        method: a method of `REFERENCE_METHODS`.
+
+    Returns:
+        the state at ``t1`` (or at every time of ``t_eval``, stacked first), in ``x0``'s dtype.
+
+    Raises:
+        ValueError: an end with ``sigma = 0``, or times outside the process's range.
+    """
+    p = model.process
+    f64 = torch.float64
+
+    def v_of(t) -> torch.Tensor:
+        return -p.log_snr(torch.as_tensor(t, dtype=f64)).detach()
+
+    v0, v1 = float(v_of(t0)), float(v_of(t1))
+    if not (math.isfinite(v0) and math.isfinite(v1)):
+        raise ValueError(f"reference_solve_log_snr needs sigma > 0 at both ends; t0={t0!r}, t1={t1!r} give "
+                         f"log(sigma/alpha) = {v0}, {v1}")
+    alpha_0 = p.alpha(torch.as_tensor(t0, dtype=f64)).detach()
+
+    def drift(v, xb):
+        t = p.t_from_log_snr(-v)
+        a = p.alpha(t)
+        with torch.no_grad():
+            eps = model.predict(a * xb, t, "eps")
+        return torch.exp(v) * eps.to(f64)
+
+    if t_eval is None:
+        xb = reference_solve(drift, x0.double() / alpha_0, v0, v1, rtol=rtol, atol=atol, method=method)
+        return (p.alpha(torch.as_tensor(t1, dtype=f64)).detach() * xb).to(x0.dtype)
+    ts = torch.as_tensor(t_eval, dtype=f64)
+    vs = v_of(ts)
+    # the ends of t_eval are the interval's ends: the same numbers as v0, v1 (solve_ivp checks the span exactly)
+    vs = vs.clamp(min(v0, v1), max(v0, v1))
+    xb = reference_solve(drift, x0.double() / alpha_0, v0, v1, t_eval=vs, rtol=rtol, atol=atol, method=method)
+    a = p.alpha(ts).detach().reshape(-1, *([1] * x0.ndim))
+    return (a * xb).to(x0.dtype)

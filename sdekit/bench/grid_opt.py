@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..analytic import reference_solve
+from ..analytic import reference_solve, reference_solve_log_snr
 from ..reverse import probability_flow
 from ..sampling import sample
 from ..schedules import SPACINGS, time_grid
@@ -126,12 +126,22 @@ def _model_grid(model, t: torch.Tensor) -> torch.Tensor:
 
 
 METHODS = ("dp", "nelder_mead")
+REFERENCES = ("auto", "t", "log_snr")
+
+
+def _discrete(process) -> bool:
+    """Whether ``process`` has a discrete DDPM schedule (``VP.from_betas``/``from_alphas_cumprod``)."""
+    try:
+        process.t_from_index(0)
+    except (TypeError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "dp", n_pilot: int = 128,
                   n_fresh: int = 256, seed: int = 0, t_start: float | None = None, t_end: float | None = None,
                   candidates: int = 100, refine: int = 100, max_evals: int = 400, reference_rtol: float = 1e-10,
-                  progress: bool = False, **options: object) -> GridResult:
+                  reference: str = "auto", progress: bool = False, **options: object) -> GridResult:
     """Optimise the time grid of a deterministic ``solver`` with ``steps`` steps on ``model``.
 
     Args:
@@ -141,6 +151,11 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
             that grid and the best standard spacing (0: the DP grid as it is); or ``"nelder_mead"``
             (``max_evals`` sampler runs on the pilots from the best standard spacing). See the module docstring.
         n_pilot: pilot trajectories (the teachers of ``"dp"``); ``n_fresh``: fresh trajectories for validation.
+        reference_rtol: rtol = atol of the float64 DOP853 reference (teachers and validation).
+        reference: the variable the reference integrates the PF-ODE in: ``"t"``, ``"log_snr"``
+            ([`reference_solve_log_snr`][sdekit.analytic.reference_solve_log_snr]: the same solution, smooth where
+            the schedule is not, e.g. a discrete DDPM schedule) or ``"auto"`` (``"log_snr"`` for a discrete
+            schedule, ``"t"`` otherwise).
         progress: show a progress bar over the cost matrix (``"dp"``) or the evaluations (``"nelder_mead"``).
         options: go to the sampler (e.g. ``order=3`` for UniPC).
 
@@ -153,6 +168,8 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r}; allowed: {', '.join(REFERENCES)}")
     if method == "dp" and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < steps):
         raise ValueError(f"candidates must be an int >= steps ({steps}), got {candidates!r}")
     for name, v in (("n_pilot", n_pilot), ("n_fresh", n_fresh)):
@@ -171,14 +188,23 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
     ode = probability_flow(p, model)
     lam_hi = float(p.log_snr(torch.tensor(t_hi, dtype=torch.float64)))
     lam_lo = float(p.log_snr(torch.tensor(t_lo, dtype=torch.float64)))
+    if reference == "auto":
+        reference = "log_snr" if _discrete(p) else "t"
+
+    def solve(x, t_eval=None):
+        if reference == "log_snr":
+            return reference_solve_log_snr(model, x, t_hi, t_lo, t_eval=t_eval, rtol=reference_rtol,
+                                           atol=reference_rtol)
+        return reference_solve(ode, x, t_hi, t_lo, t_eval=t_eval, rtol=reference_rtol, atol=reference_rtol)
+
     if method == "dp":
         cand = p.t_from_log_snr(torch.linspace(lam_hi, lam_lo, candidates + 1, dtype=torch.float64))
         cand[0], cand[-1] = t_hi, t_lo
-        teacher = reference_solve(ode, pilots, t_hi, t_lo, t_eval=cand, rtol=reference_rtol, atol=reference_rtol)
+        teacher = solve(pilots, cand)
         ref_p = teacher[-1]
     else:
-        ref_p = reference_solve(ode, pilots, t_hi, t_lo, rtol=reference_rtol, atol=reference_rtol)
-    ref_f = reference_solve(ode, fresh, t_hi, t_lo, rtol=reference_rtol, atol=reference_rtol)
+        ref_p = solve(pilots)
+    ref_f = solve(fresh)
 
     def err(t_grid, x, ref):
         out = sample(model, x, s, grid=_model_grid(model, t_grid)).x
