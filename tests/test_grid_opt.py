@@ -28,7 +28,7 @@ def test_index_models_get_index_grids_and_bad_input():
                           sample_shape=(2,))
     # the discrete schedule's log alpha has 1000 kinks, where the PF-ODE's drift in t jumps: the reference
     # ("auto") integrates in log(sigma/alpha) instead, where this model's drift is smooth, at the default 1e-10
-    r = sdekit.optimize_grid(m, "ddim", 4, n_pilot=8, n_fresh=8, max_evals=10)
+    r = sdekit.optimize_grid(m, "ddim", 4, n_pilot=8, n_fresh=8, candidates=30, refine=10)
     torch.testing.assert_close(r.grid, p.index_from_t(r.t))
     with pytest.raises(ValueError, match="unknown reference 'x'"):
         sdekit.optimize_grid(m, "ddim", 4, reference="x")
