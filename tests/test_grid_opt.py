@@ -121,3 +121,41 @@ def test_grid_files_round_trip_through_the_commands(tmp_path, capsys):
     assert main(["compare", "--solvers", "unipc", "--nfe", "4", "--samples", "16", "--grid", str(short),
                  "--out", str(out), "--no-plots", "--no-progress"]) == 2
     assert "runs from t = 1 to 0.05" in capsys.readouterr().err
+
+
+def test_stratified_pilots_keep_every_hard_trajectory_and_weight_the_rest():
+    """pool=: the n_pilot // 4 trajectories with the largest error of the best standard spacing are all kept
+    (weight 1), the rest is a uniform subsample weighted by the inverse sampling fraction, so the weights sum
+    to the pool size and a weighted mean over the pilots estimates the pool's mean without bias; with
+    pool == n_pilot it is the pool's mean exactly."""
+    from sdekit.analytic import reference_solve_log_snr
+    from sdekit.bench.grid_opt import _rms, _stratified_pilots
+    from sdekit.schedules import time_grid
+    from sdekit.solvers import get
+
+    p = sdekit.VP()
+    m = GaussianMixture.preset("ring2d").model(p)
+    x = p.prior_sample((400, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = reference_solve_log_snr(m, x, p.t_max, p.t_min, rtol=1e-8, atol=1e-8)
+    s = get("dpmpp_2m")
+    pilots, w = _stratified_pilots(m, s, x, ref, 100, 4, p.t_max, p.t_min, torch.Generator().manual_seed(0))
+    assert pilots.shape == (100, 2) and float(w.sum()) == 400.0
+    assert torch.equal(w[:25], torch.ones(25, dtype=torch.float64))
+    assert torch.allclose(w[25:], torch.full((75,), 5.0, dtype=torch.float64))
+    # the kept hard ones are the 25 largest errors of the best standard spacing
+    outs = [sdekit.sample(m, x, s, grid=time_grid(p, 4, sp)).x for sp in ("time", "log_snr", "quadratic", "karras")]
+    best = min(outs, key=lambda out: float((out - ref).pow(2).mean()))
+    errs = (best - ref).pow(2).mean(1)
+    top = set(torch.argsort(errs, descending=True)[:25].tolist())
+    rows = {tuple(r) for r in x[sorted(top)].tolist()}
+    assert {tuple(r) for r in pilots[:25].tolist()} == rows
+    # pool == n_pilot: every trajectory kept once, the weighted RMS is the plain one
+    all_p, all_w = _stratified_pilots(m, s, x, ref, 400, 4, p.t_max, p.t_min, torch.Generator().manual_seed(0))
+    assert float(all_w.sum()) == 400.0 and torch.equal(all_w, torch.ones(400, dtype=torch.float64))
+    idx = [next(i for i in range(400) if torch.equal(x[i], r)) for r in all_p[:5]]
+    assert len(set(idx)) == 5
+    assert abs(_rms(best - ref, None) - _rms(best - ref, torch.ones(400, dtype=torch.float64))) < 1e-15
+    r = sdekit.optimize_grid(m, "dpmpp_2m", 4, n_pilot=32, n_fresh=32, pool=128, candidates=20, refine=10)
+    assert r.t.shape == (5,) and r.rmse_pilot <= r.rmse_pilot_baseline
+    with pytest.raises(ValueError, match=r"pool must be an int >= n_pilot \(32\)"):
+        sdekit.optimize_grid(m, "dpmpp_2m", 4, n_pilot=32, pool=16)

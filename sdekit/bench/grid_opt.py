@@ -141,7 +141,8 @@ def _discrete(process) -> bool:
 def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "dp", n_pilot: int = 128,
                   n_fresh: int = 256, seed: int = 0, t_start: float | None = None, t_end: float | None = None,
                   candidates: int = 100, refine: int = 100, max_evals: int = 400, reference_rtol: float = 1e-10,
-                  reference: str = "auto", progress: bool = False, **options: object) -> GridResult:
+                  reference: str = "auto", pool: int | None = None, progress: bool = False,
+                  **options: object) -> GridResult:
     """Optimise the time grid of a deterministic ``solver`` with ``steps`` steps on ``model``.
 
     Args:
@@ -156,6 +157,12 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
             ([`reference_solve_log_snr`][sdekit.analytic.reference_solve_log_snr]: the same solution, smooth where
             the schedule is not, e.g. a discrete DDPM schedule) or ``"auto"`` (``"log_snr"`` for a discrete
             schedule, ``"t"`` otherwise).
+        pool: stratified pilots (None: ``n_pilot`` plain draws). Draw ``pool`` x_T, solve them (at 100 times
+            the reference tolerance), rank them by the squared error of the best standard spacing, and keep the
+            ``n_pilot // 4`` hardest (weight 1) and a uniform subsample of the rest, weighted by the inverse of
+            its sampling fraction. Every weighted mean over the pilots is then an unbiased estimate of the mean
+            over the pool, with the rare hard trajectories (those that switch modes, which set the RMSE on
+            multimodal data) all in it instead of a few of them.
         progress: show a progress bar over the cost matrix (``"dp"``) or the evaluations (``"nelder_mead"``).
         options: go to the sampler (e.g. ``order=3`` for UniPC).
 
@@ -182,8 +189,10 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
         raise ValueError("the model needs a sample_shape to draw pilot trajectories")
     t_hi = float(p.t_max if t_start is None else t_start)
     t_lo = float(p.t_min if t_end is None else t_end)
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < n_pilot):
+        raise ValueError(f"pool must be an int >= n_pilot ({n_pilot}), got {pool!r}")
     gen = torch.Generator().manual_seed(seed)
-    pilots = p.prior_sample((n_pilot, *shape), generator=gen, dtype=torch.float64)
+    pilots = p.prior_sample((n_pilot if pool is None else pool, *shape), generator=gen, dtype=torch.float64)
     fresh = p.prior_sample((n_fresh, *shape), generator=gen, dtype=torch.float64)
     ode = probability_flow(p, model)
     lam_hi = float(p.log_snr(torch.tensor(t_hi, dtype=torch.float64)))
@@ -191,11 +200,15 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
     if reference == "auto":
         reference = "log_snr" if _discrete(p) else "t"
 
-    def solve(x, t_eval=None):
+    def solve(x, t_eval=None, rtol=reference_rtol):
         if reference == "log_snr":
-            return reference_solve_log_snr(model, x, t_hi, t_lo, t_eval=t_eval, rtol=reference_rtol,
-                                           atol=reference_rtol)
-        return reference_solve(ode, x, t_hi, t_lo, t_eval=t_eval, rtol=reference_rtol, atol=reference_rtol)
+            return reference_solve_log_snr(model, x, t_hi, t_lo, t_eval=t_eval, rtol=rtol, atol=rtol)
+        return reference_solve(ode, x, t_hi, t_lo, t_eval=t_eval, rtol=rtol, atol=rtol)
+
+    weights = None
+    if pool is not None:
+        pilots, weights = _stratified_pilots(model, s, pilots, solve(pilots, rtol=100 * reference_rtol), n_pilot,
+                                             steps, t_hi, t_lo, gen)
 
     if method == "dp":
         cand = p.t_from_log_snr(torch.linspace(lam_hi, lam_lo, candidates + 1, dtype=torch.float64))
@@ -208,7 +221,7 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
 
     def err(t_grid, x, ref):
         out = sample(model, x, s, grid=_model_grid(model, t_grid)).x
-        v = float((out - ref).pow(2).mean().sqrt())
+        v = _rms(out - ref, weights if x is pilots else None)
         return v if np.isfinite(v) else 1e30
 
     base = {sp: err(time_grid(p, steps, sp, t_start=t_hi, t_end=t_lo), pilots, ref_p) for sp in SPACINGS}
@@ -216,7 +229,7 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
     t0 = time_grid(p, steps, best, t_start=t_hi, t_end=t_lo)
     history = []
     if method == "dp":
-        cost = _step_costs(s, ode, cand, teacher, progress)
+        cost = _step_costs(s, ode, cand, teacher, progress, weights)
         t_opt = cand[_shortest_path(cost, steps)]
         if refine and steps > 1:  # polish with the sampler's own error (multistep history included)
             start = t_opt if err(t_opt, pilots, ref_p) < base[best] else t0
@@ -236,7 +249,39 @@ def optimize_grid(model, solver="dpmpp_2m", steps: int = 10, *, method: str = "d
                       seconds=time.perf_counter() - started)
 
 
-def _step_costs(solver, ode, cand: torch.Tensor, teacher: torch.Tensor, progress: bool) -> np.ndarray:
+def _rms(diff: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """The root mean square of ``diff`` over samples and coordinates, the samples weighted by ``weights``."""
+    per = diff.pow(2).reshape(diff.shape[0], -1).mean(1)
+    if weights is None:
+        return float(per.mean().sqrt())
+    return float(((weights * per).sum() / weights.sum()).sqrt())
+
+
+def _stratified_pilots(model, solver, pool_x, pool_ref, n_pilot, steps, t_hi, t_lo, gen):
+    """``n_pilot`` pilots from the pool and their weights: the ``n_pilot // 4`` with the largest error of the best
+    standard spacing (weight 1), and a uniform draw of the others (weight: the inverse sampling fraction)."""
+    p = model.process
+    errs = None
+    for sp in SPACINGS:
+        out = sample(model, pool_x, solver, grid=_model_grid(model, time_grid(p, steps, sp, t_start=t_hi,
+                                                                                t_end=t_lo))).x
+        e = (out - pool_ref).pow(2).reshape(len(pool_x), -1).mean(1)
+        if bool(torch.isfinite(e).all()) and (errs is None or float(e.mean()) < float(errs.mean())):
+            errs = e
+    if errs is None:
+        raise ValueError("stratified pilots: no standard spacing gives finite errors on the pool")
+    n_hard = max(n_pilot // 4, 1)
+    order = torch.argsort(errs, descending=True)
+    hard, rest = order[:n_hard], order[n_hard:]
+    n_easy = n_pilot - n_hard
+    pick = rest[torch.randperm(len(rest), generator=gen)[:n_easy]]
+    weights = torch.cat([torch.ones(n_hard, dtype=torch.float64),
+                         torch.full((len(pick),), len(rest) / max(len(pick), 1), dtype=torch.float64)])
+    return pool_x[torch.cat([hard, pick])], weights
+
+
+def _step_costs(solver, ode, cand: torch.Tensor, teacher: torch.Tensor, progress: bool,
+                weights: torch.Tensor | None = None) -> np.ndarray:
     """``cost[i, j]`` (``i < j``): RMS over the teachers of one step of ``solver`` from ``teacher[i]`` at
     ``cand[i]`` to ``cand[j]``, minus ``teacher[j]``; ``inf`` elsewhere."""
     n = len(cand)
@@ -252,7 +297,7 @@ def _step_costs(solver, ode, cand: torch.Tensor, teacher: torch.Tensor, progress
         for j in range(i + 1, n):
             state = solver.init(ode, times[i], x)
             x1 = solver.step(ode, times[i], times[j], x, None, state).x1
-            v = float((x1 - teacher[j]).pow(2).mean().sqrt())
+            v = _rms(x1 - teacher[j], weights)
             cost[i, j] = v if np.isfinite(v) else np.inf
         if bar is not None:
             bar.update(n - 1 - i)
