@@ -31,7 +31,9 @@ ending at t_end = 1/N and five grids ending at t = 0 (``END0``: the time-uniform
 (lowest mean RMSE) is reported, and ``sdekit.sample``'s defaults on their own row. Optimised grids
 ("optimised", ``--opt-nfe``): ``sdekit.optimize_grid(method="dp")`` for DPM-Solver++(2M)/(3M) and UniPC
 bh2 (orders 2, 3), selected on ``--pilots`` x_T of seed ``PILOT_SEED`` (never an evaluation seed) and
-reported on the evaluation seeds' draws, with the optimiser's wall time.
+reported on the evaluation seeds' draws, with the optimiser's wall time; UniPC bh2 o3 also on stratified
+pilots ("optimised+pool", ``--pool``: the hardest quarter of a pool of 16384 draws and a weighted subsample of
+the rest, ``optimize_grid(pool=)``).
 An NFE budget B gives B // evals_per_step
 steps; the NFE reported is ``sample(...).stats["nfe"]``. diffusers: DDIMScheduler (trailing),
 DPMSolverMultistepScheduler (2M and 3M, dpmsolver++; linspace timesteps, Karras sigmas, Lu lambdas) and
@@ -75,6 +77,7 @@ ALL_SPACINGS = SPACINGS + END0
 # Optimised grids: sdekit.optimize_grid (GITS-style DP over 101 log-SNR-uniform candidates, then a Nelder-Mead
 # polish) on pilot x_T drawn from this seed (never one of the evaluation seeds 0, 1, ...), ending at t = 1/N
 PILOT_SEED = 1000
+POOL_SAMPLER = "unipc[bh2,o3]"  # also optimised on stratified pilots drawn from --pool x_T
 OPT_SAMPLERS = [
     ("dpmpp_2m", "dpmpp_2m", {}),
     ("dpmpp_3m", "dpmpp_3m", {}),
@@ -348,6 +351,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="NFE budgets with optimised grids (default 10 20; quick 10; none: --opt-nfe 0)")
     p.add_argument("--pilots", type=int, default=None,
                    help="pilot trajectories (the teachers) of the grid optimiser (default 2048; quick 64)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="pool of x_T for stratified pilots (UniPC bh2 o3 only; default 16384; quick 0 = none)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default benchmarks/results/bench_samplers.json, *_quick.json with --quick)")
@@ -362,6 +367,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # as many pilots as evaluation draws: the RMSE of 2048 draws is dominated by the few trajectories that
     # switch modes, which 256 pilots hardly contain (measured: grids fitted to 256 pilots lose on fresh draws)
     args.pilots = args.pilots or (64 if q else 2048)
+    if args.pool is None:
+        args.pool = 0 if q else 16384
     if args.check_reference is None:
         args.check_reference = 0 if q else 4
     if args.out is None:
@@ -471,6 +478,23 @@ def main(argv=None) -> dict:
             sdk[label].setdefault("optimised", {})[str(budget)] = summ
             optimised.setdefault(label, {})[str(budget)] = {"optimiser_s": seconds, "steps": steps,
                                                            "chosen": res.chosen}
+            if label == POOL_SAMPLER and args.pool:  # stratified pilots from a larger pool (optimize_grid(pool=))
+                t1 = time.perf_counter()
+                res = optimize_grid(prob.model, name, steps, method="dp", n_pilot=args.pilots, n_fresh=64,
+                                    seed=PILOT_SEED, t_end=prob.t_end, reference="log_snr", pool=args.pool, **opts)
+                seconds = time.perf_counter() - t1
+                per_seed = []
+                for s in seeds:
+                    sol = sample(prob.model, xs[s], name, grid=res.grid, **opts)
+                    e = errors(sol.x, refs[s]["t_min"])
+                    e["nfe"] = int(sol.stats["nfe"])
+                    per_seed.append(e)
+                summ = summarize(per_seed)
+                summ.update({"steps": steps, "optimiser_s": seconds, "chosen": res.chosen, "pool": args.pool,
+                             "rmse_pilot": res.rmse_pilot, "baseline": res.baseline, "t": res.t.tolist()})
+                sdk[label].setdefault("optimised+pool", {})[str(budget)] = summ
+                optimised[label][f"{budget} pool"] = {"optimiser_s": seconds, "steps": steps, "pool": args.pool,
+                                                     "chosen": res.chosen}
         print(f"  sdekit {label}, optimised grids: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     timings["optimise_s"] = time.perf_counter() - t0
 
@@ -611,7 +635,8 @@ def main(argv=None) -> dict:
           "[t=time l=log_snr k=karras q=quadratic; t>0 time-uniform to t = 0, X+0 the X grid to 1/N then a step to 0];"
           " end t = 1/N unless marked")
     abbrev = {"time": "t", "log_snr": "l", "karras": "k", "quadratic": "q", "time>0": "t>0", "time+0": "t+0",
-              "log_snr+0": "l+0", "karras+0": "k+0", "quadratic+0": "q+0", "optimised": "opt"}
+              "log_snr+0": "l+0", "karras+0": "k+0", "quadratic+0": "q+0", "optimised": "opt",
+              "optimised+pool": "opt+pool"}
     head = f"{'sampler':{LABEL_W}s}" + "".join(f"{'NFE ' + str(b):>22s}" for b in args.nfe)
     print(head)
     for label in best_sdk:
