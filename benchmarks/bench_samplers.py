@@ -457,44 +457,38 @@ def main(argv=None) -> dict:
     optimised = {}
     from sdekit import optimize_grid
 
+    def optimise(name, steps, opts, pool=None):
+        """One optimised grid (selected on the pilots) and its errors on the evaluation seeds."""
+        t1 = time.perf_counter()
+        res = optimize_grid(prob.model, name, steps, method="dp", n_pilot=args.pilots, n_fresh=64, seed=PILOT_SEED,
+                            t_end=prob.t_end, reference="log_snr", pool=pool, **opts)
+        seconds = time.perf_counter() - t1
+        per_seed = []
+        for s in seeds:
+            sol = sample(prob.model, xs[s], name, grid=res.grid, **opts)
+            e = errors(sol.x, refs[s]["t_min"])
+            e["nfe"] = int(sol.stats["nfe"])
+            per_seed.append(e)
+        summ = summarize(per_seed)
+        summ.update({"steps": steps, "optimiser_s": seconds, "chosen": res.chosen, "rmse_pilot": res.rmse_pilot,
+                     "rmse_pilot_baseline": res.rmse_pilot_baseline, "baseline": res.baseline, "t": res.t.tolist()})
+        if pool is not None:
+            summ["pool"] = pool
+        return summ
+
     for label, name, opts in OPT_SAMPLERS:
         eps = get_solver(name, **opts).evals_per_step
         for budget in args.opt_nfe:
             steps = max(budget // eps, 1)
-            t1 = time.perf_counter()
-            res = optimize_grid(prob.model, name, steps, method="dp", n_pilot=args.pilots, n_fresh=64,
-                                seed=PILOT_SEED, t_end=prob.t_end, reference="log_snr", **opts)
-            seconds = time.perf_counter() - t1
-            per_seed = []
-            for s in seeds:
-                sol = sample(prob.model, xs[s], name, grid=res.grid, **opts)
-                e = errors(sol.x, refs[s]["t_min"])
-                e["nfe"] = int(sol.stats["nfe"])
-                per_seed.append(e)
-            summ = summarize(per_seed)
-            summ.update({"steps": steps, "optimiser_s": seconds, "chosen": res.chosen,
-                         "rmse_pilot": res.rmse_pilot, "rmse_pilot_baseline": res.rmse_pilot_baseline,
-                         "baseline": res.baseline, "t": res.t.tolist()})
+            summ = optimise(name, steps, opts)
             sdk[label].setdefault("optimised", {})[str(budget)] = summ
-            optimised.setdefault(label, {})[str(budget)] = {"optimiser_s": seconds, "steps": steps,
-                                                           "chosen": res.chosen}
+            optimised.setdefault(label, {})[str(budget)] = {"optimiser_s": summ["optimiser_s"], "steps": steps,
+                                                           "chosen": summ["chosen"]}
             if label == POOL_SAMPLER and args.pool:  # stratified pilots from a larger pool (optimize_grid(pool=))
-                t1 = time.perf_counter()
-                res = optimize_grid(prob.model, name, steps, method="dp", n_pilot=args.pilots, n_fresh=64,
-                                    seed=PILOT_SEED, t_end=prob.t_end, reference="log_snr", pool=args.pool, **opts)
-                seconds = time.perf_counter() - t1
-                per_seed = []
-                for s in seeds:
-                    sol = sample(prob.model, xs[s], name, grid=res.grid, **opts)
-                    e = errors(sol.x, refs[s]["t_min"])
-                    e["nfe"] = int(sol.stats["nfe"])
-                    per_seed.append(e)
-                summ = summarize(per_seed)
-                summ.update({"steps": steps, "optimiser_s": seconds, "chosen": res.chosen, "pool": args.pool,
-                             "rmse_pilot": res.rmse_pilot, "baseline": res.baseline, "t": res.t.tolist()})
+                summ = optimise(name, steps, opts, pool=args.pool)
                 sdk[label].setdefault("optimised+pool", {})[str(budget)] = summ
-                optimised[label][f"{budget} pool"] = {"optimiser_s": seconds, "steps": steps, "pool": args.pool,
-                                                     "chosen": res.chosen}
+                optimised[label][f"{budget} pool"] = {"optimiser_s": summ["optimiser_s"], "steps": steps,
+                                                     "pool": args.pool, "chosen": summ["chosen"]}
         print(f"  sdekit {label}, optimised grids: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     timings["optimise_s"] = time.perf_counter() - t0
 
