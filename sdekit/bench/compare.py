@@ -294,10 +294,10 @@ def _load_reference(path: str, shape: tuple[int, ...], sha256: str | None = None
 
 def _blocked_reference(model, x_T: torch.Tensor, t_start: float, t_end: float, *, rtol: float, method: str,
                        progress: bool, log, first: int = 0, folder: str | None = None, key: str = "",
-                       resume: bool = False) -> tuple[torch.Tensor, int, list[str]]:
+                       resume: bool = False) -> tuple[torch.Tensor, tuple[int, int], list[str]]:
     """The reference end points of this rank's samples (global indices ``first...``, a multiple of
-    `REFERENCE_BLOCK`: a shard holds whole blocks), one adaptive solve per block, their total NFE, and the block
-    files written or read. With a ``folder``, each solved block is written there at once
+    `REFERENCE_BLOCK`: a shard holds whole blocks), one adaptive solve per block, ``(total NFE, blocks read
+    back)``, and the block files written or read. With a ``folder``, each solved block is written there at once
     (`sdekit.bench.blocks`), and with ``resume`` a block found there is read back instead of solved: a run
     killed in the middle of the reference (in any of its processes) loses at most one block per process."""
     from .blocks import block_path, load_block, save_block
@@ -329,7 +329,7 @@ def _blocked_reference(model, x_T: torch.Tensor, t_start: float, t_end: float, *
     if reused:
         log(f"reference: {reused} of this process's {n_blocks} block(s) of {REFERENCE_BLOCK} samples (rtol {rtol:g}) "
             f"read back from {folder} (--resume)")
-    return torch.cat(parts), nfe, files
+    return torch.cat(parts), (nfe, reused), files
 
 
 def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress,
@@ -390,7 +390,8 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress,
         block_files += files
         ref = distributed.gather(local, what="the reference end points")
         counts = distributed.gather_objects(local_nfe, what="the reference's NFE")
-        nfe = None if counts is None else sum(counts)
+        nfe = None if counts is None else sum(c[0] for c in counts)
+        info["blocks_reused"] = None if counts is None else sum(c[1] for c in counts)
 
     def record_main():
         _save_npy(cache, ref.numpy())
@@ -411,8 +412,9 @@ def _reference(model, cfg, x_T, t_start, t_end, out_dir, resume, log, progress,
         other = distributed.gather(local, what="the reference check's end points")
         counts = distributed.gather_objects(local_nfe, what="the reference check's NFE")
         if other is not None:
-            info.update({"check_rtol": loose, "check_nfe": sum(counts), "check_rmse": rmse(other, ref),
-                         "check_wall_s": time.perf_counter() - t1})
+            info.update({"check_rtol": loose, "check_nfe": sum(c[0] for c in counts), "check_rmse": rmse(other, ref),
+                         "check_wall_s": time.perf_counter() - t1,
+                         "check_blocks_reused": sum(c[1] for c in counts)})
 
     def finish_main():
         if info["nfe"] is not None and info["nfe"] > ROUGH_REFERENCE_NFE * -(-cfg.samples // REFERENCE_BLOCK):
