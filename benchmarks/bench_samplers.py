@@ -50,7 +50,19 @@ Also: the measured global order of DPM-Solver++(3M) in both variants (log_snr gr
 diffusers' Karras sigmas with the model called at rounded integer timesteps against sdekit on the same
 sigmas with the model at the exact times (NFE 10..800).
 
-Run: ``python benchmarks/bench_samplers.py`` (full: 3 seeds x 2048 trajectories) or ``--quick``.
+Other problems (``--problem``, each its own JSON ``bench_samplers_<problem>.json``): the mixtures ``ring2d``
+(2-D, 8 components on a circle) and ``stress16d`` (a random 16-D mixture, ``GaussianMixture.random(16, 8,
+seed=16)``) under the same schedule, every sampler and spacing; the shipped networks ``moons`` and ``digits``
+(``NetworkProblem``: the zoo network under its own continuous VP process, diffusers given that process at its
+1000 knots; a float64 reference of the network's own PF-ODE, checked by the same solve 100x tighter) with the
+samplers of ``NET_SAMPLERS``; the digits UNet on 3 x 32 images, the spacings of its ``PROBLEMS`` entry and no
+optimised grids (its float64 ODE needs about 1600 evaluations per solve at rtol 1e-5). On the networks target
+(b) asks for 1.5x. ``--defaults-sweep``: target (c) alone at every NFE from 5 to 50 (``*_defaults.json``).
+``--summary``: every problem's targets in one table, and a review of the default (every fixed sampler x
+spacing against diffusers' default on every problem), in ``bench_samplers_summary.json``.
+
+Run: ``python benchmarks/bench_samplers.py`` (full: 3 seeds x 2048 trajectories) or ``--quick``;
+``--problem NAME``; ``--summary`` after the problems' runs.
 """
 
 from __future__ import annotations
@@ -462,11 +474,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--problem", choices=sorted(PROBLEMS), default="stress8d",
                    help="the problem (default stress8d); each writes its own JSON")
+    p.add_argument("--defaults-sweep", action="store_true",
+                   help="only target (c), at every NFE from 5 to 50 (writes *_defaults.json)")
     p.add_argument("--summary", action="store_true",
                    help="only the targets of every problem's JSON in one table (bench_samplers_summary.json)")
     p.add_argument("--quick", action="store_true", help="256 trajectories, 2 seeds, NFE 5/10/20, short order ladder")
     p.add_argument("--batch", type=int, default=None,
-                   help="trajectories per seed (default 2048, digits 64; quick 256, digits 16)")
+                   help="trajectories per seed (default 2048, moons 1024, digits 32; quick at most 256)")
     p.add_argument("--seeds", type=int, default=None, help="number of x_T seeds (default 3; quick 2)")
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="NFE budgets (default 5 10 20 50)")
     p.add_argument("--order-steps", type=int, nargs="+", default=None,
@@ -516,6 +530,83 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+SWEEP_NFE = list(range(5, 51))
+
+
+def default_review(datas: dict[str, dict]) -> dict:
+    """Every fixed configuration (sampler x spacing; optimised grids excluded: a default cannot have been fitted
+    to the user's model) against diffusers' default DPM-Solver++(2M), each end against its own: the worst seed's
+    ratio (diffusers / sdekit) over every problem and NFE measured, and the geometric mean of all ratios."""
+    per: dict[tuple, list] = {}
+    for name, data in datas.items():
+        base = {"t_min": data["diffusers"]["DPM++2M"], "zero": data["diffusers"]["DPM++2M stock default (end sigma=0)"]}
+        for label, spacings in data["sdekit"].items():
+            for sp, cells in spacings.items():
+                if sp.startswith("optimised"):
+                    continue
+                ref = base["zero" if sp in END0 else "t_min"]
+                for b, cell in cells.items():
+                    ours = cell.get("rmse_per_seed")
+                    if b not in ref or not ours or any(v is None for v in ours):
+                        per.setdefault((label, sp), []).append((name, int(b), [0.0]))  # diverged: worst possible
+                        continue
+                    per.setdefault((label, sp), []).append(
+                        (name, int(b), [d / o for d, o in zip(ref[b]["rmse_per_seed"], ours)]))
+    ranked = []
+    for (label, sp), cells in per.items():
+        worst = min(((min(r), f"{n} NFE {b}") for n, b, r in cells), key=lambda c: c[0])
+        ratios = [v for _, _, r in cells for v in r]
+        gmean = math.exp(statistics.fmean(math.log(max(v, 1e-12)) for v in ratios))
+        ranked.append({"sampler": label, "spacing": sp, "worst_ratio": worst[0], "worst_at": worst[1],
+                       "gmean_ratio": gmean, "problems": sorted({n for n, _, _ in cells})})
+    ranked.sort(key=lambda c: -c["gmean_ratio"])
+    # gmeans compare only over the same cells: rank the configurations measured on every problem
+    everywhere = [c for c in ranked if len(c["problems"]) == len(datas)]
+    return {"ranked": everywhere, "partial": [c for c in ranked if len(c["problems"]) < len(datas)],
+            "never_worse": [c for c in everywhere if c["worst_ratio"] >= 0.99]}
+
+
+def defaults_sweep(args, prob, xs: dict, refs: dict, timings: dict, t_start: float) -> dict:
+    """Target (c) at every NFE from 5 to 50: ``sdekit.sample``'s defaults against diffusers' default
+    DPM-Solver++(2M), each end against its own (c1: both end at t_min; c2: ``t_end=0`` against the stock
+    ``DPMSolverMultistepScheduler()``, which ends at sigma = 0). Written to ``*_defaults.json``."""
+    from sdekit import sample
+
+    cfg = diffusers_configs(prob.diffusers_kwargs)
+    rows = []
+    t0 = time.perf_counter()
+    for budget in SWEEP_NFE:
+        row = {"nfe": budget}
+        for key, kw, dlabel in (("c1", {}, "DPM++2M"), ("c2", {"t_end": 0.0}, "DPM++2M stock default (end sigma=0)")):
+            factory, end = cfg[dlabel]
+            ours, theirs = [], []
+            for s in xs:
+                sol = sample(prob.model, xs[s], steps=budget, **kw)
+                ours.append(errors(sol.x, refs[s][end])["rmse"])
+                y = run_diffusers(factory(budget), budget, xs[s], prob.eps_net)[0]
+                theirs.append(errors(y, refs[s][end])["rmse"])
+            row[key] = {"sdekit_rmse_per_seed": ours, "diffusers_rmse_per_seed": theirs,
+                        "ratio_per_seed": [d / o for d, o in zip(theirs, ours)]}
+        rows.append(row)
+    timings["sweep_s"] = time.perf_counter() - t0
+    status = {}
+    for key in ("c1", "c2"):
+        worst = min((min(r[key]["ratio_per_seed"]), r["nfe"]) for r in rows)
+        status[key] = {"status": "PASS" if worst[0] >= 0.99 else "MISS", "worst_ratio": worst[0],
+                       "worst_nfe": worst[1]}
+        print(f"{args.problem}: target (c) {key} at every NFE 5..50 ({len(xs)} seeds x {args.batch}): "
+              f"{status[key]['status']}, worst seed ratio (diffusers / sdekit) {worst[0]:.3f} at NFE {worst[1]}")
+    timings["total_s"] = time.perf_counter() - t_start
+    report = {"benchmark": "bench_samplers", "problem": {"name": args.problem, **prob.describe(),
+                                                         "batch": args.batch, "seeds": list(xs)},
+              "defaults_sweep": {"nfe": SWEEP_NFE, "targets": status, "rows": rows}, "timings": timings,
+              "machine": machine_info()}
+    out = args.out.with_name(args.out.stem + "_defaults.json")
+    out.write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False))
+    print(f"wrote {out} (total {timings['total_s']:.0f} s)")
+    return report
+
+
 def summary(results: Path | None = None, out: Path | None = None) -> dict:
     """The targets of every problem's JSON (``bench_samplers*.json`` but quick runs) in one table and one JSON.
 
@@ -524,9 +615,9 @@ def summary(results: Path | None = None, out: Path | None = None) -> dict:
     the networks); (c): ``sdekit.sample``'s defaults against diffusers' default DPM-Solver++(2M), each end
     against its own end, no seed below 0.99 at any measured NFE."""
     results = results or Path(__file__).resolve().parent / "results"
-    rows = []
+    rows, datas = [], {}
     for path in sorted(results.glob("bench_samplers*.json")):
-        if path.stem.endswith("_quick") or path.stem.endswith("_summary"):
+        if path.stem.endswith(("_quick", "_summary", "_defaults")):
             continue
         data = json.loads(path.read_text())
         name = data["problem"].get("name", "stress8d")
@@ -552,14 +643,35 @@ def summary(results: Path | None = None, out: Path | None = None) -> dict:
         g = tg.get("grid_optimiser_at_most_60s_for_10_steps")
         if g:
             row["optimiser_10_steps_s"] = g["seconds"]
+        sweep = path.with_name(path.stem + "_defaults.json")
+        if sweep.exists():
+            sw = json.loads(sweep.read_text())
+            row["c_every_nfe_5_50"] = {"file": sweep.name, "batch": sw["problem"]["batch"],
+                                       **sw["defaults_sweep"]["targets"]}
         rows.append(row)
+        datas[name] = data
     print(f"{'problem':10s} {'target':>6s} {'b @10 NFE: worst seed ratio':>28s} {'b @20 NFE':>16s} "
           f"{'c1 (worst)':>13s} {'c2 (worst)':>13s}")
     for r in rows:
         cells = [f"{r[k]['worst_seed_ratio']:.2f} {r[k]['status']}" if k in r else "-" for k in ("b10", "b20")]
         cs = [f"{r[k]['worst_seed_ratio']:.2f} {r[k]['status']}" if k in r else "-" for k in ("c1", "c2")]
-        print(f"{r['problem']:10s} {r['target_ratio']:>5g}x {cells[0]:>28s} {cells[1]:>16s} {cs[0]:>13s} {cs[1]:>13s}")
-    report = {"benchmark": "bench_samplers", "summary_of": [r["file"] for r in rows], "problems": rows}
+        sw = r.get("c_every_nfe_5_50")
+        sweep = (f"   NFE 5..50: c1 {sw['c1']['worst_ratio']:.2f} {sw['c1']['status']}, "
+                 f"c2 {sw['c2']['worst_ratio']:.2f} {sw['c2']['status']}") if sw else ""
+        print(f"{r['problem']:10s} {r['target_ratio']:>5g}x {cells[0]:>28s} {cells[1]:>16s} {cs[0]:>13s} {cs[1]:>13s}"
+              + sweep)
+    review = default_review(datas)
+    print(f"\ndefault review: fixed configurations (no optimised grid) measured on every problem, against diffusers' "
+          f"default DPM-Solver++(2M), each end against its own, on {', '.join(datas)} at every NFE measured (worst "
+          "seed ratio; gmean over problems, NFE and seeds):")
+    for c in review["ranked"][:8]:
+        print(f"  {c['sampler']:22s} {c['spacing']:12s} worst {c['worst_ratio']:.2f} ({c['worst_at']}) "
+              f"gmean {c['gmean_ratio']:.2f}")
+    print("  never worse than diffusers' default anywhere (worst >= 0.99): "
+          + (", ".join(f"{c['sampler']} {c['spacing']} (gmean {c['gmean_ratio']:.2f})" for c in review["never_worse"])
+             or "none"))
+    report = {"benchmark": "bench_samplers", "summary_of": [r["file"] for r in rows], "problems": rows,
+              "default_review": review}
     out = out or results / "bench_samplers_summary.json"
     out.write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False))
     print(f"wrote {out}")
@@ -597,6 +709,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     refs = {s: prob.reference(xs[s]) for s in seeds}
     timings["reference_s"] = time.perf_counter() - t0
+    if args.defaults_sweep:
+        return defaults_sweep(args, prob, xs, refs, timings, t_start)
     print(f"{args.problem}: reference: DOP853 rtol=atol={args.ref_tol:g} in u = log(sigma/alpha), {args.seeds} seeds "
           f"x {args.batch} trajectories: {timings['reference_s']:.1f} s")
     ref_check = None
@@ -819,9 +933,11 @@ def main(argv=None) -> dict:
         ten = [(lab, v["10"]["optimiser_s"]) for lab, v in optimised.items() if "10" in v and v["10"]["steps"] == 10]
         if ten:
             worst = max(ten, key=lambda c: c[1])
+            # the issue's 60 s is for the 8-D mixture (stress8d); elsewhere the time is reported, not judged
+            status = ("PASS" if worst[1] <= 60 else "MISS") if args.problem == "stress8d" else "not a target here"
             targets["grid_optimiser_at_most_60s_for_10_steps"] = {
-                "status": "PASS" if worst[1] <= 60 else "MISS", "slowest": worst[0], "seconds": worst[1],
-                "threads": args.threads, "pilots": args.pilots}
+                "status": status, "slowest": worst[0], "seconds": worst[1], "threads": args.threads,
+                "pilots": args.pilots}
 
     # --- print --------------------------------------------------------------------------------------------------
     print(f"\nRMSE vs the exact PF-ODE flow (sqrt of the mean over trajectories and coordinates), mean±std over "
@@ -878,7 +994,7 @@ def main(argv=None) -> dict:
         g = targets.get("grid_optimiser_at_most_60s_for_10_steps")
         if g:
             print(f"grid optimiser, 10 steps, {g['pilots']} pilots, {g['threads']} thread(s): slowest {g['slowest']} "
-                  f"{g['seconds']:.1f} s (at most 60 s: {g['status']})")
+                  f"{g['seconds']:.1f} s (at most 60 s on stress8d: {g['status']})")
         for k, v in targets.items():
             if not k.startswith("b_"):
                 continue
