@@ -1,15 +1,24 @@
-"""The one miss of target (c2) in bench_samplers' defaults sweep, explained trajectory by trajectory.
+"""The misses of target (c) in bench_samplers' defaults sweep, explained.
 
-``bench_samplers.py --defaults-sweep`` on stress8d finds sdekit's defaults with ``t_end=0`` 0.80x as accurate
-as diffusers' stock ``DPMSolverMultistepScheduler()`` at 38 NFE on seed 1, and 1.00-1.05x at every other NFE
-and seed. This script shows, for 37, 38 and 39 NFE on that seed, the trajectories with the largest errors on
-each side and the ratio of RMSEs without the trajectory that decides it.
+``bench_samplers.py --defaults-sweep`` compares ``sdekit.sample``'s defaults with diffusers' default
+DPM-Solver++(2M) at every NFE from 5 to 50 (c1: both end at t_min; c2: ``t_end=0`` against the stock
+``DPMSolverMultistepScheduler()``). Where a seed's ratio falls below 0.99, this script takes that problem, seed
+and NFE (and its neighbours) and prints
 
-Run: ``python benchmarks/sweep_outlier.py`` (about a minute).
+- both RMSEs and their ratio, as the sweep does;
+- the trajectory where the two differ most, and the ratio without it (on the mixtures: one trajectory of 2048
+  that one library sends to another component than the exact flow);
+- sdekit's DPM-Solver++(2M) on diffusers' own grid (its rounded integer timesteps; ``max_step_ratio=None``, for
+  15 or more steps, where diffusers' order rule has no effect): if this gives diffusers' RMSE, the two runs differ
+  only by the grid.
+
+Run: ``python benchmarks/sweep_outlier.py`` (stress8d, seed 1, NFE 37-39, c2: about a minute), or e.g.
+``--problem moons --seed 0 --nfe 40 --batch 256``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,27 +28,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_samplers as bs  # noqa: E402
 
 
-def main(seed: int = 1, nfes=(37, 38, 39)) -> None:
+def main(argv=None) -> None:
     from sdekit import sample
 
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--problem", choices=sorted(bs.PROBLEMS), default="stress8d")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--nfe", type=int, nargs="+", default=[37, 38, 39])
+    p.add_argument("--end", choices=("c1", "c2"), default="c2")
+    p.add_argument("--batch", type=int, default=None, help="trajectories (default: the problem's)")
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
-    prob = bs.make_problem("stress8d", bs.REF_TOL)
-    x = prob.x_T(2048, seed)
-    ref = prob.reference(x)["zero"]
-    factory, _ = bs.diffusers_configs()["DPM++2M stock default (end sigma=0)"]
-    for n in nfes:
-        ed = ((bs.run_diffusers(factory(n), n, x, prob.eps_net)[0] - ref) ** 2).mean(1)
-        es = ((sample(prob.model, x, steps=n, t_end=0.0).x - ref) ** 2).mean(1)
-        worst = torch.maximum(ed, es).argsort(descending=True)[:3]
-        print(f"NFE {n}: RMSE diffusers {float(ed.mean().sqrt()):.4f}, sdekit {float(es.mean().sqrt()):.4f} "
-              f"(ratio {float(ed.mean().sqrt() / es.mean().sqrt()):.3f}); worst trajectories "
-              + ", ".join(f"#{int(i)} {float(ed[i].sqrt()):.3f}/{float(es[i].sqrt()):.3f}" for i in worst))
-        # the trajectory where the two disagree most (one lands in another component than the exact flow)
+    d = bs.PROBLEMS[args.problem]
+    prob = bs.make_problem(args.problem, d["ref_tol"])
+    x = prob.x_T(args.batch or d["batch"], args.seed)
+    end = "zero" if args.end == "c2" else "t_min"
+    ref = prob.reference(x)[end]
+    label = "DPM++2M stock default (end sigma=0)" if args.end == "c2" else "DPM++2M"
+    factory, _ = bs.diffusers_configs(prob.diffusers_kwargs)[label]
+    kw = {"t_end": 0.0} if args.end == "c2" else {}
+    for n in args.nfe:
+        y, _, timesteps = bs.run_diffusers(factory(n), n, x, prob.eps_net)
+        ed = (y.double() - ref.double()).flatten(1).pow(2).mean(1)
+        es = (sample(prob.model, x, steps=n, **kw).x.double() - ref.double()).flatten(1).pow(2).mean(1)
         split = int((ed.sqrt() - es.sqrt()).abs().argmax())
         keep = torch.ones_like(ed, dtype=torch.bool)
         keep[split] = False
-        print(f"  without #{split}: ratio {float(ed[keep].mean().sqrt() / es[keep].mean().sqrt()):.3f}; "
-              f"median per-trajectory error ratio {float(ed.sqrt().median() / es.sqrt().median()):.3f}")
+        print(f"{args.problem} seed {args.seed} NFE {n} ({args.end}): RMSE diffusers {float(ed.mean().sqrt()):.4g}, "
+              f"sdekit {float(es.mean().sqrt()):.4g}, ratio {float(ed.mean().sqrt() / es.mean().sqrt()):.3f}")
+        print(f"  trajectory #{split} differs most: {float(ed[split].sqrt()):.3g} (diffusers) vs "
+              f"{float(es[split].sqrt()):.3g} (sdekit); without it the ratio is "
+              f"{float(ed[keep].mean().sqrt() / es[keep].mean().sqrt()):.3f}; median per-trajectory ratio "
+              f"{float(ed.sqrt().median() / es.sqrt().median()):.3f}")
+        if n >= 15:
+            ts = torch.tensor([(k + 1) / bs.N_TRAIN for k in timesteps] + ([0.0] if args.end == "c2" else
+                                                                            [prob.t_end]), dtype=torch.float64)
+            grid = prob.grid_from_t(ts)
+            eg = (sample(prob.model, x, "dpmpp_2m", grid=grid.to(prob.dtype), max_step_ratio=None).x.double()
+                  - ref.double()).flatten(1).pow(2).mean(1)
+            print(f"  sdekit on diffusers' grid: RMSE {float(eg.mean().sqrt()):.4g}, ratio "
+                  f"{float(ed.mean().sqrt() / eg.mean().sqrt()):.3f}")
 
 
 if __name__ == "__main__":
