@@ -53,8 +53,9 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
     The defaults (DPM-Solver++(2M) on the time-uniform grid with the step-ratio order rule, ending at the
     process's ``t_min``) are the one fixed configuration that `benchmarks/bench_samplers.py` measured never
     worse than diffusers' default DPM-Solver++(2M) on every problem it runs: three Gaussian mixtures and the
-    shipped networks. UniPC or a quadratic grid are better on average (about 3.6× lower RMSE, geometric mean)
-    but up to 3.6× worse on some problem and NFE; `docs/samplers.md` has the review.
+    shipped networks (0.99× or better in every cell of its main runs). UniPC on a quadratic grid is better on
+    average (3.4× lower RMSE, geometric mean) but 1.5× worse on one problem and NFE, and every other
+    configuration loses somewhere too; `docs/samplers.md` has the review.
 
     Args:
         model: a [`ScoreModel`][sdekit.models.ScoreModel] (or anything with ``.process`` and ``.predict``).
