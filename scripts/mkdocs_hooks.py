@@ -1,7 +1,8 @@
-"""MkDocs hook: the Benchmarks page, generated at build time from ``benchmarks/results/**/*.json``.
+"""MkDocs hook: the Benchmarks pages, generated at build time from ``benchmarks/results/**/*.json``.
 
-The page is never written by hand, so the numbers in the docs are the numbers in the JSON: every result file gets
-a section whose tables are read off the file (scalars as key/value tables, lists of records and dicts of records
+The pages are never written by hand, so the numbers in the docs are the numbers in the JSON. The Benchmarks page
+lists every result file with its plot and links to the file's own page (``benchmarks/<name>/``, not in the
+navigation), whose tables are read off the file (scalars as key/value tables, lists of records and dicts of records
 as tables, deeper nesting as sub-sections), and the files that hold an error-vs-NFE sweep get a plot drawn here
 with matplotlib. Nothing is rounded except for display (4 significant digits).
 """
@@ -154,37 +155,61 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def render_page(results: pathlib.Path = RESULTS) -> tuple[str, dict[str, bytes]]:
-    """The page's Markdown and its images (name -> PNG bytes), from every JSON file under ``results``."""
-    lines = [INTRO]
+def _slug(name: str) -> str:
+    return name.replace("/", "-")
+
+
+def render_pages(results: pathlib.Path = RESULTS) -> tuple[str, dict[str, str], dict[str, bytes]]:
+    """The index page's Markdown, one page per JSON file (``benchmarks/<name>.md`` -> Markdown) and the images
+    (name -> PNG bytes), from every JSON file under ``results``.
+
+    The index names each file, its script and its plot, and links to the file's own page, which holds every
+    number in it: one page per file keeps each page readable (the sampler benchmarks alone hold thousands of
+    cells)."""
+    index = [INTRO, "Each file below has its own page with every number in it.", ""]
+    pages: dict[str, str] = {}
     images: dict[str, bytes] = {}
     for path in sorted(results.rglob("*.json")):
         rel = path.relative_to(ROOT).as_posix()
         data = json.loads(path.read_text())
         name = path.relative_to(results).with_suffix("").as_posix()
+        slug = _slug(name)
+        page = f"benchmarks/{slug}.md"
         script = data.get("benchmark") if isinstance(data, dict) else None
-        lines += [f"## {name}", "", f"File: `{rel}`" + (f", written by `benchmarks/{script}.py`." if script else "."),
-                  ""]
+        origin = f"File: `{rel}`" + (f", written by `benchmarks/{script}.py`." if script else ".")
+        index += [f"## {name}", "", origin, ""]
+        body = [f"# {name}", "", origin, "", "[All benchmark files](../benchmarks.md)", ""]
         if not isinstance(data, dict):
-            lines += _table(data) if _records(data) else ["```json", json.dumps(data)[:2000], "```", ""]
-            continue
-        for key, plot in PLOTS.items():
-            if key in data:
-                fig = plot(data, name)
-                if fig is not None:
-                    image = f"img/benchmarks/{name.replace('/', '-')}.png"
-                    images[image] = _png(fig)
-                    lines += [f"![{name}: RMSE vs NFE]({image})", ""]
-        lines += _render(data, depth=3)
-    return "\n".join(lines), images
+            body += _table(data) if _records(data) else ["```json", json.dumps(data)[:2000], "```", ""]
+        else:
+            for key, plot in PLOTS.items():
+                if key in data:
+                    fig = plot(data, name)
+                    if fig is not None:
+                        image = f"img/benchmarks/{slug}.png"
+                        images[image] = _png(fig)
+                        index += [f"![{name}: RMSE vs NFE]({image})", ""]
+                        body += [f"![{name}: RMSE vs NFE](../{image})", ""]
+            body += _render(data, depth=2)
+        index += [f"[Every number in `{path.name}`]({page})", ""]
+        pages[page] = "\n".join(body)
+    return "\n".join(index), pages, images
+
+
+def render_page(results: pathlib.Path = RESULTS) -> tuple[str, dict[str, bytes]]:
+    """The index page and every file's page in one Markdown text, and the images (for a quick look or a test)."""
+    index, pages, images = render_pages(results)
+    return "\n\n".join([index, *pages.values()]), images
 
 
 def on_files(files, config):
-    """Add the generated page and its plots to the site's files (mkdocs >= 1.6 ``File.generated``)."""
+    """Add the generated pages and their plots to the site's files (mkdocs >= 1.6 ``File.generated``)."""
     from mkdocs.structure.files import File
 
-    markdown, images = render_page()
-    files.append(File.generated(config, PAGE, content=markdown))
+    index, pages, images = render_pages()
+    files.append(File.generated(config, PAGE, content=index))
+    for name, markdown in pages.items():
+        files.append(File.generated(config, name, content=markdown))
     for name, png in images.items():
         files.append(File.generated(config, name, content=png))
     return files

@@ -72,6 +72,11 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     page = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
     assert "bench_samplers" in page and "img/benchmarks/bench_samplers.png" in page
+    # every results file has its own page, linked from the index
+    for path in (ROOT / "benchmarks/results").rglob("*.json"):
+        slug = path.relative_to(ROOT / "benchmarks/results").with_suffix("").as_posix().replace("/", "-")
+        assert (tmp_path / "site" / "benchmarks" / slug / "index.html").is_file(), slug
+        assert f'href="{slug}/"' in page, slug
 
 
 def test_benchmarks_page_reads_the_json():
@@ -91,6 +96,11 @@ def test_benchmarks_page_reads_the_json():
     for path in (ROOT / "benchmarks/results").rglob("*.json"):
         assert f"## {path.relative_to(ROOT / 'benchmarks/results').with_suffix('').as_posix()}" in markdown
     assert all(png.startswith(b"\x89PNG") for png in images.values()) and images
+    # the numbers are on each file's own page, the index only names and links them
+    index, pages, _ = hooks.render_pages()
+    assert f"{data['targets']['b_nfe10']['ratio_mean']:.4g}" in pages["benchmarks/bench_samplers.md"]
+    assert len(pages) == len(list((ROOT / "benchmarks/results").rglob("*.json")))
+    assert all(f"]({name})" in index for name in pages)
 
 
 # ---- docstrings -------------------------------------------------------------------------------------------------
