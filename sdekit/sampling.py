@@ -55,7 +55,9 @@ def sample(model: ScoreModel, x_T: torch.Tensor, solver: str | Solver = "dpmpp_2
     worse than diffusers' default DPM-Solver++(2M) on every problem it runs: three Gaussian mixtures and the
     shipped networks (0.99× or better in every cell of its main runs). UniPC on a quadratic grid is better on
     average (3.4× lower RMSE, geometric mean) but 1.5× worse on one problem and NFE, and every other
-    configuration loses somewhere too; `docs/samplers.md` has the review.
+    configuration loses somewhere too; `docs/samplers.md` has the review. Known: at 50-60 steps on the default
+    grid the last step keeps second order and the error is up to 1.9x that of a lower step-ratio bound
+    (``max_step_ratio=3.2``); see `benchmarks/step_ratio_bound.py`.
 
     Args:
         model: a [`ScoreModel`][sdekit.models.ScoreModel] (or anything with ``.process`` and ``.predict``).
