@@ -44,8 +44,7 @@ def main(argv=None) -> None:
     x = prob.x_T(args.batch or d["batch"], args.seed)
     end = "zero" if args.end == "c2" else "t_min"
     ref = prob.reference(x)[end]
-    label = "DPM++2M stock default (end sigma=0)" if args.end == "c2" else "DPM++2M"
-    factory, _ = bs.diffusers_configs(prob.diffusers_kwargs)[label]
+    factory, _ = bs.diffusers_configs(prob.diffusers_kwargs)[bs.DIFFUSERS_DEFAULT[end]]
     kw = {"t_end": 0.0} if args.end == "c2" else {}
     for n in args.nfe:
         y, _, timesteps = bs.run_diffusers(factory(n), n, x, prob.eps_net)
