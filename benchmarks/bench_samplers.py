@@ -399,6 +399,16 @@ def parity_pairs(n: int):
 
 
 # --- statistics and formatting -----------------------------------------------------------------------------
+def ratio(theirs, ours) -> float:
+    """diffusers' RMSE over sdekit's, with a diverged run (NaN, or null in a JSON) judged, never compared:
+    0 where sdekit diverged (the worst possible), inf where only diffusers did. NaN would slip through every
+    ``min`` and ``>=`` of the targets."""
+    bad = lambda v: v is None or not math.isfinite(v)  # noqa: E731
+    if bad(ours):
+        return 0.0
+    return math.inf if bad(theirs) else theirs / ours
+
+
 def default_targets(defaults: dict, sdk: dict, dif: dict, nfe: list[int]) -> dict:
     """Target (c): what a user gets by default from each library, compared at the same end.
 
@@ -417,7 +427,7 @@ def default_targets(defaults: dict, sdk: dict, dif: dict, nfe: list[int]) -> dic
              "c2_default_t_end0_vs_diffusers_stock_default": (sdk["dpmpp_2m"]["time>0"],
                                                               dif[DIFFUSERS_DEFAULT["zero"]])}
     for key, (ours, theirs) in pairs.items():
-        ratios = {str(b): [d / s for d, s in zip(theirs[str(b)]["rmse_per_seed"], ours[str(b)]["rmse_per_seed"])]
+        ratios = {str(b): [ratio(d, s) for d, s in zip(theirs[str(b)]["rmse_per_seed"], ours[str(b)]["rmse_per_seed"])]
                   for b in nfe}
         out[key] = {"status": "PASS" if all(min(r) >= NEVER_WORSE for r in ratios.values()) else "MISS",
                     "ratio_per_seed_by_nfe": ratios,
@@ -554,16 +564,16 @@ def default_review(datas: dict[str, dict]) -> dict:
                 ref = base["zero" if sp in END0 else "t_min"]
                 for b, cell in cells.items():
                     ours = cell.get("rmse_per_seed")
-                    if b not in ref or not ours or any(v is None for v in ours):
-                        per.setdefault((label, sp), []).append((name, int(b), [0.0]))  # diverged: worst possible
+                    if b not in ref or not ours:
+                        per.setdefault((label, sp), []).append((name, int(b), [0.0]))  # not run: worst possible
                         continue
                     per.setdefault((label, sp), []).append(
-                        (name, int(b), [d / o for d, o in zip(ref[b]["rmse_per_seed"], ours)]))
+                        (name, int(b), [ratio(d, o) for d, o in zip(ref[b]["rmse_per_seed"], ours)]))
     ranked = []
     for (label, sp), cells in per.items():
         worst = min(((min(r), f"{n} NFE {b}") for n, b, r in cells), key=lambda c: c[0])
         ratios = [v for _, _, r in cells for v in r]
-        gmean = math.exp(statistics.fmean(math.log(max(v, 1e-12)) for v in ratios))
+        gmean = math.exp(statistics.fmean(math.log(min(max(v, 1e-12), 1e12)) for v in ratios))
         ranked.append({"sampler": label, "spacing": sp, "worst_ratio": worst[0], "worst_at": worst[1],
                        "gmean_ratio": gmean, "problems": sorted({n for n, _, _ in cells})})
     ranked.sort(key=lambda c: -c["gmean_ratio"])
@@ -593,7 +603,7 @@ def defaults_sweep(args, prob, xs: dict, refs: dict, timings: dict, t_start: flo
                 y = run_diffusers(factory(budget), budget, xs[s], prob.eps_net)[0]
                 theirs.append(errors(y, refs[s][end])["rmse"])
             row[key] = {"sdekit_rmse_per_seed": ours, "diffusers_rmse_per_seed": theirs,
-                        "ratio_per_seed": [d / o for d, o in zip(theirs, ours)]}
+                        "ratio_per_seed": [ratio(d, o) for d, o in zip(theirs, ours)]}
         rows.append(row)
     timings["sweep_s"] = time.perf_counter() - t0
     status = {}

@@ -112,3 +112,19 @@ def test_summary_judges_every_seed_against_each_problems_target(bench, tmp_path)
     assert [(c["sampler"], c["spacing"]) for c in report["default_review"]["never_worse"]] == [("c", "time>0")]
     assert json.loads((tmp_path / "summary.json").read_text())["summary_of"] == [
         "bench_samplers_moons.json", "bench_samplers_ring2d.json"]
+
+
+def test_a_diverged_run_is_judged_not_compared(bench):
+    """NaN (or null, as the JSON stores it) never passes a target: sdekit diverged is the worst ratio, diffusers
+    diverged the best; a NaN ratio would pass every ``min(...) >= bound`` silently."""
+    assert bench.ratio(0.2, 0.1) == pytest.approx(2.0)
+    assert bench.ratio(0.2, float("nan")) == 0.0 and bench.ratio(0.2, None) == 0.0
+    assert bench.ratio(float("nan"), 0.1) == float("inf") and bench.ratio(None, 0.1) == float("inf")
+    runs = {"p": {"diffusers": {"DPM++2M": {"10": {"rmse_per_seed": [1.0, None]}},
+                                "DPM++2M stock default (end sigma=0)": {"10": {"rmse_per_seed": [1.0, 1.0]}}},
+                  "sdekit": {"a": {"time": {"10": {"rmse_per_seed": [1.0, 1.0]}}},
+                             "b": {"time": {"10": {"rmse_per_seed": [1.0, None]}}}}}}
+    review = {c["sampler"]: c for c in bench.default_review(runs)["ranked"]}
+    assert review["a"]["worst_ratio"] == 1.0 and review["a"]["gmean_ratio"] > 1  # diffusers diverged on seed 1
+    assert review["b"]["worst_ratio"] == 0.0  # sdekit diverged on seed 1
+    assert [c["sampler"] for c in bench.default_review(runs)["never_worse"]] == ["a"]
